@@ -1,0 +1,118 @@
+"""gradchain: composable gradient transformations for JAX.
+
+Every ingredient of an optimizer (momentum, RMS scaling, bias correction, weight decay, schedules,
+clipping) is a `GradientTransformation`, a pure `init`/`update` pair over pytrees; optimizers are
+chains of them. Numeric hyperparameters live in the state: change them without recompiling, read
+back the values in effect (`hyperparams`, `set_hyperparams`).
+"""
+
+from gradchain import schedules, tree
+from gradchain._base import (
+    EmptyState,
+    GradientTransformation,
+    OptState,
+    Params,
+    Updates,
+    apply_updates,
+    chain,
+    identity,
+    named_chain,
+    stateless,
+)
+from gradchain._hyperparams import Hyperparams, hyperparams, set_hyperparams
+from gradchain.optimizers.classic import (
+    adagrad,
+    adam,
+    adamax,
+    adamaxw,
+    adamw,
+    amsgrad,
+    nadam,
+    nadamw,
+    rmsprop,
+    sgd,
+)
+from gradchain.transforms.adaptive import (
+    ScaleByAdamState,
+    ScaleByAmsgradState,
+    ScaleByRmsState,
+    ScaleByRssState,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_amsgrad,
+    scale_by_rms,
+    scale_by_rss,
+)
+from gradchain.transforms.clipping import (
+    ClipByBlockRmsState,
+    ClipByGlobalNormState,
+    ClipState,
+    clip,
+    clip_by_block_rms,
+    clip_by_global_norm,
+)
+from gradchain.transforms.momentum import EmaState, TraceState, ema, trace
+from gradchain.transforms.scaling import ScaleState, scale, scale_by_learning_rate, scale_by_schedule
+from gradchain.transforms.weight_decay import WeightDecayState, add_decayed_weights, add_l2_regularization
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # protocol
+    "GradientTransformation",
+    "EmptyState",
+    "Params",
+    "Updates",
+    "OptState",
+    "chain",
+    "named_chain",
+    "identity",
+    "stateless",
+    "apply_updates",
+    # hyperparameters
+    "Hyperparams",
+    "hyperparams",
+    "set_hyperparams",
+    # ingredients
+    "scale",
+    "scale_by_learning_rate",
+    "scale_by_schedule",
+    "trace",
+    "ema",
+    "scale_by_rss",
+    "scale_by_rms",
+    "scale_by_adam",
+    "scale_by_amsgrad",
+    "scale_by_adamax",
+    "add_decayed_weights",
+    "add_l2_regularization",
+    "clip",
+    "clip_by_global_norm",
+    "clip_by_block_rms",
+    # states
+    "ScaleState",
+    "TraceState",
+    "EmaState",
+    "ScaleByRssState",
+    "ScaleByRmsState",
+    "ScaleByAdamState",
+    "ScaleByAmsgradState",
+    "WeightDecayState",
+    "ClipState",
+    "ClipByGlobalNormState",
+    "ClipByBlockRmsState",
+    # optimizers
+    "sgd",
+    "adagrad",
+    "rmsprop",
+    "adam",
+    "adamw",
+    "nadam",
+    "nadamw",
+    "amsgrad",
+    "adamax",
+    "adamaxw",
+    # modules
+    "schedules",
+    "tree",
+]

@@ -1,0 +1,279 @@
+"""Hyperparameters held in the optimizer state, and name-based access to them.
+
+A transformation keeps its numeric hyperparameters (learning rate, betas, eps, ...) in a
+`Hyperparams` node inside its state instead of closing over them. They are then ordinary traced
+inputs of a jitted step: changing one between steps does not recompile, and the values in effect at
+the last step can be read back for logging. Which entries come from a schedule, and which check
+guards each entry, is static metadata of the node (part of the tree structure), so it costs nothing
+at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gradchain import _checks
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Hyperparams(Mapping[str, jax.Array]):
+    """Read-only mapping `name -> scalar array` stored in a transformation's state.
+
+    Entries named in `scheduled` are produced by a schedule each step: reading them gives the value
+    used at the last step; they cannot be overridden with `set_hyperparams`.
+    """
+
+    __slots__ = ("_values", "_checks", "_scheduled")
+
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        checks: Mapping[str, str] | None = None,
+        scheduled: frozenset[str] = frozenset(),
+    ):
+        self._values = dict(values)
+        self._checks = dict(checks or {})
+        self._scheduled = frozenset(scheduled)
+
+    def __getitem__(self, name: str) -> jax.Array:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, name: str) -> jax.Array:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"Hyperparams({self._values!r})"
+
+    @property
+    def scheduled(self) -> frozenset[str]:
+        return self._scheduled
+
+    def check_kind(self, name: str) -> str:
+        return self._checks.get(name, "any")
+
+    def replace(self, **values: Any) -> Hyperparams:
+        """A copy with some values replaced (no checks; see `set_hyperparams` for the checked way)."""
+        return Hyperparams({**self._values, **values}, self._checks, self._scheduled)
+
+    def tree_flatten_with_keys(self):
+        keys = tuple(self._values)
+        children = [(jax.tree_util.DictKey(k), self._values[k]) for k in keys]
+        aux = (keys, tuple(sorted(self._checks.items())), self._scheduled)
+        return children, aux
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        keys, checks, scheduled = aux
+        return cls(dict(zip(keys, children)), dict(checks), scheduled)
+
+
+def float_dtype() -> jnp.dtype:
+    """The default float dtype: float32, or float64 when x64 is enabled."""
+    return jnp.zeros((), dtype=float).dtype
+
+
+class HyperparamSpec:
+    """The hyperparameters of one transformation, as given when it was built.
+
+    Each entry is a number (stored in the state as a scalar array) or a schedule `step -> value`
+    (static; its value at the current step is stored in the state). Numbers are checked here, when
+    the transformation is built, so the error points at the user's call.
+    """
+
+    def __init__(self, owner: str, **entries: tuple[Any, str]):
+        self.owner = owner
+        self.values: dict[str, Any] = {}
+        self.checks: dict[str, str] = {}
+        for name, (value, kind) in entries.items():
+            _checks.check(f"{owner}: {name}", value, kind)
+            self.values[name] = value
+            self.checks[name] = kind
+        self.schedules = {k: v for k, v in self.values.items() if callable(v)}
+
+    def _evaluate(self, name: str, count: jax.Array) -> jax.Array:
+        value = self.values[name]
+        if callable(value):
+            value = value(count)
+        return jnp.asarray(value, dtype=float_dtype())
+
+    def init(self) -> Hyperparams:
+        count = jnp.zeros((), jnp.int32)
+        values = {name: self._evaluate(name, count) for name in self.values}
+        return Hyperparams(values, self.checks, frozenset(self.schedules))
+
+    def at(self, hyperparams: Hyperparams, count: jax.Array) -> Hyperparams:
+        """The hyperparameters in effect at step `count`: schedules evaluated, the rest from the state."""
+        if not self.schedules:
+            return hyperparams
+        return hyperparams.replace(**{name: self._evaluate(name, count) for name in self.schedules})
+
+
+def _is_hyperparams(x: Any) -> bool:
+    return isinstance(x, Hyperparams)
+
+
+def _path_str(path: tuple) -> str:
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(str(key.idx))
+        elif isinstance(key, jax.tree_util.DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            parts.append(key.name)
+        elif isinstance(key, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(key.key))
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _nodes(state: Any) -> list[tuple[str, Hyperparams]]:
+    """(prefix, node) for every Hyperparams node in `state`; prefix is the node's path in the state."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_hyperparams)
+    out = []
+    for path, node in flat:
+        if isinstance(node, Hyperparams):
+            # The node sits in a state field called `hyperparams`; that last key says nothing.
+            out.append((_path_str(path[:-1]), node))
+    return out
+
+
+def _qualified_entries(state: Any) -> list[tuple[str, str, int, str]]:
+    """(key, name, node index, full key) for every entry; `key` is qualified only where names repeat."""
+    nodes = _nodes(state)
+    entries = [(prefix, i, name) for i, (prefix, node) in enumerate(nodes) for name in node]
+    counts: dict[str, int] = {}
+    for _, _, name in entries:
+        counts[name] = counts.get(name, 0) + 1
+    out = []
+    for prefix, i, name in entries:
+        full = f"{prefix}/{name}" if prefix else name
+        key = name if counts[name] == 1 else full
+        out.append((key, name, i, full))
+    return out
+
+
+def hyperparams(state: Any) -> dict[str, jax.Array]:
+    """Return every hyperparameter in `state` as a flat dict `name -> value`.
+
+    The values are those in effect at the last step: for a scheduled hyperparameter (a learning-rate
+    schedule, say), the value the schedule produced for that step. Names are the transformations'
+    argument names (`learning_rate`, `b1`, `b2`, `eps`, `weight_decay`, `max_norm`, ...). Where a
+    name occurs more than once in the state (two transformations that both have an `eps`), each
+    occurrence is qualified by its path in the state, `/`-separated: the index in a `chain`, the name
+    in a `named_chain`, e.g. `"0/eps"` and `"2/eps"`.
+
+    Args:
+        state: any optimizer state, or a pytree containing optimizer states.
+
+    Returns:
+        A flat `dict` of scalar arrays, in the order the transformations appear in the state.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        tx = gc.adamw(learning_rate=gc.schedules.linear_schedule(1e-3, 0.0, 100))
+        params = {"w": jnp.ones(3)}
+        state = tx.init(params)
+        _, state = tx.update({"w": jnp.ones(3)}, state, params)
+        hp = gc.hyperparams(state)
+        assert set(hp) >= {"learning_rate", "b1", "b2", "eps", "weight_decay"}
+        assert jnp.isclose(hp["learning_rate"], 1e-3)  # the value used at step 0
+        ```
+    """
+    out: dict[str, jax.Array] = {}
+    nodes = _nodes(state)
+    for key, name, i, _ in _qualified_entries(state):
+        out[key] = nodes[i][1][name]
+    return out
+
+
+def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Any:
+    """Return a copy of `state` with some hyperparameters replaced, found by name.
+
+    Keys are the names `hyperparams(state)` shows. A plain name (`learning_rate`) must match exactly
+    one entry; where it occurs in several transformations, give a path-qualified key (`"adam/eps"`),
+    or any `/`-suffix of one that is unique. Path-qualified keys go in the positional mapping, plain
+    names may also be keyword arguments.
+
+    New values are checked like the transformation's own arguments (a negative learning rate raises
+    ValueError) and cast to the stored dtype and shape, so a jitted step that takes the new state
+    does not recompile. Hyperparameters driven by a schedule cannot be set: change the schedule.
+
+    Args:
+        state: an optimizer state (or a pytree containing one).
+        values: optional mapping `key -> value`.
+        **kwargs: more `name=value` pairs.
+
+    Returns:
+        The new state; `state` itself is not modified.
+
+    Raises:
+        KeyError: a key that names no hyperparameter in the state (the message lists the known keys).
+        ValueError: an ambiguous key, a scheduled hyperparameter, or a value that fails its check.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        tx = gc.sgd(learning_rate=0.1, momentum=0.9)
+        state = tx.init({"w": jnp.ones(3)})
+        state = gc.set_hyperparams(state, learning_rate=0.01)
+        assert jnp.isclose(gc.hyperparams(state)["learning_rate"], 0.01)
+        ```
+    """
+    requested = {**(values or {}), **kwargs}
+    entries = _qualified_entries(state)
+    targets: dict[int, dict[str, Any]] = {}
+    for key, value in requested.items():
+        matches = [e for e in entries if e[3] == key or e[3].endswith("/" + key) or e[0] == key]
+        matches = list({(e[2], e[1]): e for e in matches}.values())
+        if not matches:
+            known = ", ".join(repr(e[0]) for e in entries) or "none"
+            raise KeyError(f"set_hyperparams: no hyperparameter {key!r} in this state; known: {known}")
+        if len(matches) > 1:
+            options = ", ".join(repr(e[3]) for e in matches)
+            raise ValueError(f"set_hyperparams: {key!r} is ambiguous; it matches {options}")
+        _, name, index, full = matches[0]
+        targets.setdefault(index, {})[name] = (full, value)
+
+    counter = iter(range(len(_nodes(state))))
+
+    def replace(node: Any) -> Any:
+        if not isinstance(node, Hyperparams):
+            return node
+        index = next(counter)
+        if index not in targets:
+            return node
+        new = {}
+        for name, (full, value) in targets[index].items():
+            if name in node.scheduled:
+                raise ValueError(
+                    f"set_hyperparams: {full!r} is produced by a schedule and cannot be set; "
+                    "build the transformation with a different schedule instead"
+                )
+            _checks.check(full, value, node.check_kind(name))
+            old = node[name]
+            new[name] = jnp.broadcast_to(jnp.asarray(value, dtype=old.dtype), jnp.shape(old))
+        return node.replace(**new)
+
+    return jax.tree_util.tree_map(replace, state, is_leaf=_is_hyperparams)

@@ -1,0 +1,1 @@
+"""Ingredients: small gradient transformations, one family per module."""

@@ -1,0 +1,370 @@
+"""Per-coordinate adaptive scaling: AdaGrad, RMSProp, Adam, AMSGrad, AdaMax.
+
+Accumulators of squared gradients use $|g|^2 = g \\bar g$, so complex parameters work, and are kept
+in the real dtype (half the memory of a complex buffer).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+from gradchain._base import GradientTransformation, Updates
+from gradchain._checks import check
+from gradchain._hyperparams import HyperparamSpec, Hyperparams
+from gradchain._lift import Slot, check_state_dtype, elementwise
+from gradchain.tree import abs_sq
+
+
+def _denominator(second_moment: jax.Array, eps: jax.Array, eps_in_sqrt: bool) -> jax.Array:
+    return jnp.sqrt(second_moment + eps) if eps_in_sqrt else jnp.sqrt(second_moment) + eps
+
+
+class ScaleByRssState(NamedTuple):
+    """State of `scale_by_rss`: step count, the running sum of squared gradients, hyperparameters."""
+
+    count: jax.Array
+    sum_of_squares: Updates
+    hyperparams: Hyperparams
+
+
+def scale_by_rss(
+    initial_accumulator_value: float = 0.1, eps: float | jax.Array = 1e-7, *, eps_in_sqrt: bool = True
+) -> GradientTransformation:
+    """Scale by the root of the sum of all past squared gradients (AdaGrad).
+
+    $$ s_t = s_{t-1} + |g_t|^2, \\qquad u_t = \\frac{g_t}{\\sqrt{s_t + \\epsilon}} \\;\\text{ or }\\;
+       \\frac{g_t}{\\sqrt{s_t} + \\epsilon} $$
+
+    The defaults are optax's ($s_0 = 0.1$, $\\epsilon = 10^{-7}$ inside the root). PyTorch's
+    `Adagrad` is `initial_accumulator_value=0.0, eps=1e-10, eps_in_sqrt=False`. Where $s_t = 0$ and
+    $\\epsilon = 0$ the update is 0 rather than NaN.
+
+    Args:
+        initial_accumulator_value: $s_0 \\ge 0$ (static: it only sets the initial state).
+        eps: $\\epsilon \\ge 0$ (hyperparameter `eps`).
+        eps_in_sqrt: add $\\epsilon$ inside the square root (optax) or outside (PyTorch).
+
+    Returns:
+        A `GradientTransformation` with `ScaleByRssState`.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        tx = gc.scale_by_rss(initial_accumulator_value=0.0, eps=0.0)
+        u, _ = tx.update({"w": jnp.array([3.0])}, tx.init({"w": jnp.zeros(1)}))
+        assert jnp.allclose(u["w"], 1.0)
+        ```
+
+    References:
+        Duchi, Hazan & Singer, *Adaptive Subgradient Methods for Online Learning and Stochastic
+        Optimization*, JMLR 2011.
+    """
+    check("scale_by_rss: initial_accumulator_value", initial_accumulator_value, "nonnegative")
+    spec = HyperparamSpec("scale_by_rss", eps=(eps, "nonnegative"))
+
+    def rule(g, s, *, hp, t):
+        s = s + abs_sq(g)
+        denom = _denominator(s, hp.eps, eps_in_sqrt)
+        return jnp.where(denom > 0, g / jnp.where(denom > 0, denom, 1), 0), (s,)
+
+    slot = Slot("sum_of_squares", init=initial_accumulator_value, real=True)
+    return elementwise("scale_by_rss", rule, ScaleByRssState, spec, slots=[slot])
+
+
+class ScaleByRmsState(NamedTuple):
+    """State of `scale_by_rms`: step count, second moment `nu`, first moment `mu` (centered only)."""
+
+    count: jax.Array
+    nu: Updates
+    mu: Updates
+    hyperparams: Hyperparams
+
+
+def scale_by_rms(
+    decay: float | jax.Array = 0.9,
+    eps: float | jax.Array = 1e-8,
+    initial_scale: float = 0.0,
+    *,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    """Scale by a moving root mean square of the gradients (RMSProp).
+
+    $$ \\nu_t = \\rho\\, \\nu_{t-1} + (1-\\rho) |g_t|^2, \\qquad
+       \\mu_t = \\rho\\, \\mu_{t-1} + (1-\\rho) g_t \\;\\text{(centered)} $$
+    $$ v_t = \\nu_t - |\\mu_t|^2 \\;\\text{(centered) or}\\; \\nu_t, \\qquad
+       u_t = \\frac{g_t}{\\sqrt{v_t + \\epsilon}} \\;\\text{ or }\\; \\frac{g_t}{\\sqrt{v_t} + \\epsilon} $$
+
+    With `bias_correction`, $\\nu_t$ and $\\mu_t$ are divided by $1 - \\rho^t$ first. The defaults
+    are optax's; PyTorch's `RMSprop` is `decay=alpha=0.99, eps_in_sqrt=False`. The centered variance
+    is clamped at 0, so rounding never takes a square root of a negative number.
+
+    Args:
+        decay: $\\rho \\in [0, 1)$ (hyperparameter `decay`).
+        eps: $\\epsilon \\ge 0$ (hyperparameter `eps`).
+        initial_scale: $\\nu_0$ (static: it only sets the initial state).
+        eps_in_sqrt: add $\\epsilon$ inside the root (optax) or outside (PyTorch).
+        centered: subtract the squared mean gradient (Graves 2013; PyTorch's `centered=True`).
+        bias_correction: debias the moving averages.
+
+    Returns:
+        A `GradientTransformation` with `ScaleByRmsState` (`mu` is an empty tuple unless centered).
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        tx = gc.scale_by_rms(decay=0.0, eps=0.0)
+        u, _ = tx.update({"w": jnp.array([-2.0])}, tx.init({"w": jnp.zeros(1)}))
+        assert jnp.allclose(u["w"], -1.0)
+        ```
+
+    References:
+        Tieleman & Hinton, *Lecture 6.5 - RMSProp*, COURSERA: Neural Networks for Machine Learning,
+        2012; Graves, *Generating Sequences With Recurrent Neural Networks*, 2013 (centered).
+    """
+    check("scale_by_rms: initial_scale", initial_scale, "nonnegative")
+    spec = HyperparamSpec("scale_by_rms", decay=(decay, "unit_interval"), eps=(eps, "nonnegative"))
+
+    def rule(g, nu, *mu, hp, t):
+        nu = hp.decay * nu + (1 - hp.decay) * abs_sq(g)
+        correction = (1 - hp.decay**t) if bias_correction else 1
+        variance = nu / correction
+        if centered:
+            (m,) = mu
+            m = hp.decay * m + (1 - hp.decay) * g
+            variance = jnp.maximum(variance - abs_sq(m / correction), 0)
+            mu = (m,)
+        return g / _denominator(variance, hp.eps, eps_in_sqrt), (nu, *mu)
+
+    slots = [Slot("nu", init=initial_scale, real=True)] + ([Slot("mu")] if centered else [])
+
+    def state_type(count, nu, hyperparams, mu=()):
+        return ScaleByRmsState(count, nu, mu, hyperparams)
+
+    return elementwise("scale_by_rms", rule, state_type, spec, slots=slots)
+
+
+class ScaleByAdamState(NamedTuple):
+    """State of `scale_by_adam` / `scale_by_adamax`: step count, moments `mu` and `nu`, hyperparameters."""
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+    hyperparams: Hyperparams
+
+
+def _adam_spec(owner: str, b1, b2, eps, eps_root=None) -> HyperparamSpec:
+    entries = {"b1": (b1, "unit_interval"), "b2": (b2, "unit_interval"), "eps": (eps, "nonnegative")}
+    if eps_root is not None:
+        entries["eps_root"] = (eps_root, "nonnegative")
+    return HyperparamSpec(owner, **entries)
+
+
+def _first_moment_hat(g, mu, b1, t, *, nesterov: bool, bias_correction: bool):
+    """Adam's debiased first moment, or Nesterov's look-ahead form of it (Dozat 2016)."""
+    if not bias_correction:
+        return b1 * mu + (1 - b1) * g if nesterov else mu
+    if nesterov:
+        return b1 * mu / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+    return mu / (1 - b1**t)
+
+
+def scale_by_adam(
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.999,
+    eps: float | jax.Array = 1e-8,
+    eps_root: float | jax.Array = 0.0,
+    *,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = True,
+) -> GradientTransformation:
+    """Scale by Adam's debiased first moment over the root of its debiased second moment.
+
+    $$ \\mu_t = \\beta_1 \\mu_{t-1} + (1-\\beta_1) g_t, \\qquad
+       \\nu_t = \\beta_2 \\nu_{t-1} + (1-\\beta_2) |g_t|^2 $$
+    $$ \\hat\\mu_t = \\frac{\\mu_t}{1-\\beta_1^t}, \\qquad \\hat\\nu_t = \\frac{\\nu_t}{1-\\beta_2^t},
+       \\qquad u_t = \\frac{\\hat\\mu_t}{\\sqrt{\\hat\\nu_t + \\epsilon_{root}} + \\epsilon} $$
+
+    With `nesterov=True` (NAdam, Dozat 2016, in the form optax uses)
+    $\\hat\\mu_t = \\beta_1 \\mu_t / (1-\\beta_1^{t+1}) + (1-\\beta_1) g_t / (1-\\beta_1^t)$.
+
+    The moments can be stored in a different dtype from the params (`mu_dtype`, `nu_dtype`; e.g.
+    float32 moments for bfloat16 params); the arithmetic always runs in at least float32, so
+    $\\epsilon$ and $1-\\beta^t$ do not underflow in half precision. PyTorch's `Adam` computes the same
+    quantity as $\\frac{\\mu_t}{1-\\beta_1^t} / (\\sqrt{\\nu_t}/\\sqrt{1-\\beta_2^t} + \\epsilon)$, equal up
+    to rounding.
+
+    Args:
+        b1: $\\beta_1 \\in [0, 1)$ (hyperparameter `b1`).
+        b2: $\\beta_2 \\in [0, 1)$ (hyperparameter `b2`).
+        eps: $\\epsilon \\ge 0$ outside the root (hyperparameter `eps`).
+        eps_root: $\\epsilon_{root} \\ge 0$ inside the root; make it positive to differentiate through
+            the update when gradients can be 0 (hyperparameter `eps_root`).
+        mu_dtype: storage dtype of $\\mu$; None keeps the param's dtype.
+        nu_dtype: storage dtype of $\\nu$; None keeps the param's (real) dtype.
+        nesterov: use the NAdam first moment.
+        bias_correction: divide the moments by $1-\\beta^t$.
+
+    Returns:
+        A `GradientTransformation` with `ScaleByAdamState`.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        tx = gc.scale_by_adam()
+        u, state = tx.update({"w": jnp.array([0.5, -2.0])}, tx.init({"w": jnp.zeros(2)}))
+        assert jnp.allclose(u["w"], jnp.array([1.0, -1.0]), atol=1e-6)  # first step: sign(g)
+        ```
+
+    References:
+        Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015;
+        Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016.
+    """
+    check_state_dtype("scale_by_adam", "mu_dtype", mu_dtype)
+    check_state_dtype("scale_by_adam", "nu_dtype", nu_dtype)
+    spec = _adam_spec("scale_by_adam", b1, b2, eps, eps_root)
+
+    def rule(g, mu, nu, *, hp, t):
+        mu = hp.b1 * mu + (1 - hp.b1) * g
+        nu = hp.b2 * nu + (1 - hp.b2) * abs_sq(g)
+        mu_hat = _first_moment_hat(g, mu, hp.b1, t, nesterov=nesterov, bias_correction=bias_correction)
+        nu_hat = nu / (1 - hp.b2**t) if bias_correction else nu
+        return mu_hat / (jnp.sqrt(nu_hat + hp.eps_root) + hp.eps), (mu, nu)
+
+    slots = [Slot("mu", dtype=mu_dtype), Slot("nu", dtype=nu_dtype, real=True)]
+    return elementwise("scale_by_adam", rule, ScaleByAdamState, spec, slots=slots)
+
+
+class ScaleByAmsgradState(NamedTuple):
+    """State of `scale_by_amsgrad`: step count, `mu`, `nu`, the running maximum `nu_max`, hyperparameters."""
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+    nu_max: Updates
+    hyperparams: Hyperparams
+
+
+def scale_by_amsgrad(
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.999,
+    eps: float | jax.Array = 1e-8,
+    eps_root: float | jax.Array = 0.0,
+    *,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
+    debias_before_max: bool = True,
+) -> GradientTransformation:
+    """Adam with the running maximum of the second moment in the denominator (AMSGrad).
+
+    With $\\mu_t, \\nu_t$ as in `scale_by_adam`, and `debias_before_max=True` (optax's convention):
+
+    $$ m_t = \\max(m_{t-1}, \\nu_t / (1-\\beta_2^t)), \\qquad
+       u_t = \\frac{\\mu_t / (1-\\beta_1^t)}{\\sqrt{m_t + \\epsilon_{root}} + \\epsilon} $$
+
+    With `debias_before_max=False` (PyTorch's `Adam(amsgrad=True)`), the maximum is taken over the
+    raw $\\nu_t$ and the current correction is applied afterwards:
+    $m_t = \\max(m_{t-1}, \\nu_t)$, $u_t = \\frac{\\mu_t / (1-\\beta_1^t)}
+    {\\sqrt{m_t / (1-\\beta_2^t) + \\epsilon_{root}} + \\epsilon}$. The two differ while the bias
+    correction still changes (early steps).
+
+    Args:
+        b1, b2, eps, eps_root: as in `scale_by_adam` (hyperparameters of the same names).
+        mu_dtype: storage dtype of $\\mu$.
+        nu_dtype: storage dtype of $\\nu$ and of the maximum.
+        debias_before_max: which convention to follow (see above).
+
+    Returns:
+        A `GradientTransformation` with `ScaleByAmsgradState`.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        tx = gc.scale_by_amsgrad()
+        state = tx.init({"w": jnp.zeros(1)})
+        _, state = tx.update({"w": jnp.array([10.0])}, state)
+        _, state = tx.update({"w": jnp.array([0.0])}, state)
+        assert state.nu_max["w"] > state.nu["w"] / (1 - 0.999**2)  # the maximum remembers step 1
+        ```
+
+    References:
+        Reddi, Kale & Kumar, *On the Convergence of Adam and Beyond*, ICLR 2018.
+    """
+    check_state_dtype("scale_by_amsgrad", "mu_dtype", mu_dtype)
+    check_state_dtype("scale_by_amsgrad", "nu_dtype", nu_dtype)
+    spec = _adam_spec("scale_by_amsgrad", b1, b2, eps, eps_root)
+
+    def rule(g, mu, nu, nu_max, *, hp, t):
+        mu = hp.b1 * mu + (1 - hp.b1) * g
+        nu = hp.b2 * nu + (1 - hp.b2) * abs_sq(g)
+        correction = 1 - hp.b2**t
+        if debias_before_max:
+            nu_max = jnp.maximum(nu_max, nu / correction)
+            nu_hat = nu_max
+        else:
+            nu_max = jnp.maximum(nu_max, nu)
+            nu_hat = nu_max / correction
+        mu_hat = mu / (1 - hp.b1**t)
+        return mu_hat / (jnp.sqrt(nu_hat + hp.eps_root) + hp.eps), (mu, nu, nu_max)
+
+    slots = [Slot("mu", dtype=mu_dtype), Slot("nu", dtype=nu_dtype, real=True),
+             Slot("nu_max", dtype=nu_dtype, real=True)]
+    return elementwise("scale_by_amsgrad", rule, ScaleByAmsgradState, spec, slots=slots)
+
+
+def scale_by_adamax(
+    b1: float | jax.Array = 0.9, b2: float | jax.Array = 0.999, eps: float | jax.Array = 1e-8
+) -> GradientTransformation:
+    """Scale by Adam's debiased first moment over an exponentially weighted infinity norm (AdaMax).
+
+    $$ \\mu_t = \\beta_1 \\mu_{t-1} + (1-\\beta_1) g_t, \\qquad
+       \\nu_t = \\max(\\beta_2 \\nu_{t-1},\\ |g_t| + \\epsilon), \\qquad
+       u_t = \\frac{\\mu_t}{(1-\\beta_1^t)\\, \\nu_t} $$
+
+    $\\epsilon$ sits inside the maximum, as in both optax and PyTorch, so $\\nu_t > 0$.
+
+    Args:
+        b1: $\\beta_1 \\in [0, 1)$ (hyperparameter `b1`).
+        b2: $\\beta_2 \\in [0, 1)$ (hyperparameter `b2`).
+        eps: $\\epsilon \\ge 0$ (hyperparameter `eps`).
+
+    Returns:
+        A `GradientTransformation` with `ScaleByAdamState` (`nu` holds the infinity norm).
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        tx = gc.scale_by_adamax(eps=0.0)
+        u, _ = tx.update({"w": jnp.array([-3.0])}, tx.init({"w": jnp.zeros(1)}))
+        assert jnp.allclose(u["w"], -1.0)
+        ```
+
+    References:
+        Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015, section 7.1.
+    """
+    spec = _adam_spec("scale_by_adamax", b1, b2, eps)
+
+    def rule(g, mu, nu, *, hp, t):
+        mu = hp.b1 * mu + (1 - hp.b1) * g
+        nu = jnp.maximum(hp.b2 * nu, jnp.abs(g) + hp.eps)
+        return mu / (1 - hp.b1**t) / nu, (mu, nu)
+
+    slots = [Slot("mu"), Slot("nu", real=True)]
+    return elementwise("scale_by_adamax", rule, ScaleByAdamState, spec, slots=slots)
