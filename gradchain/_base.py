@@ -126,7 +126,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else '?'}"
             )
         new_state = []
-        for tx, inner in zip(transforms, state):
+        for tx, inner in zip(transforms, state, strict=True):
             updates, inner = _call_update(tx, updates, inner, params, extra_args)
             new_state.append(inner)
         return updates, tuple(new_state)

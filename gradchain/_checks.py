@@ -46,7 +46,7 @@ def concrete_float(value: Any) -> float | None:
     if hasattr(value, "shape") and hasattr(value, "dtype") and np.shape(value) == ():
         try:
             return float(np.asarray(value))
-        except Exception:  # traced or abstract value  # noqa: BLE001
+        except Exception:  # traced or abstract value
             return None
     return None
 

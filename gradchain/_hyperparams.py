@@ -26,10 +26,22 @@ class Hyperparams(Mapping[str, jax.Array]):
     """Read-only mapping `name -> scalar array` stored in a transformation's state.
 
     Entries named in `scheduled` are produced by a schedule each step: reading them gives the value
-    used at the last step; they cannot be overridden with `set_hyperparams`.
+    used at the last step; they cannot be overridden with `set_hyperparams`. Entries read as items or
+    attributes. Users rarely touch this class: `hyperparams(state)` and `set_hyperparams` find every
+    node in a state.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        state = gc.scale_by_adam(b1=0.8).init({"w": jnp.zeros(2)})
+        assert isinstance(state.hyperparams, gc.Hyperparams)
+        assert jnp.isclose(state.hyperparams["b1"], 0.8) and jnp.isclose(state.hyperparams.b1, 0.8)
+        ```
     """
 
-    __slots__ = ("_values", "_checks", "_scheduled")
+    __slots__ = ("_checks", "_scheduled", "_values")
 
     def __init__(
         self,
@@ -51,6 +63,10 @@ class Hyperparams(Mapping[str, jax.Array]):
         return len(self._values)
 
     def __getattr__(self, name: str) -> jax.Array:
+        # Only called when normal lookup fails; private names must not recurse into _values (copy,
+        # pickle and deepcopy probe attributes before __init__ has run).
+        if name.startswith("_"):
+            raise AttributeError(name)
         try:
             return self._values[name]
         except KeyError:
@@ -79,7 +95,7 @@ class Hyperparams(Mapping[str, jax.Array]):
     @classmethod
     def tree_unflatten(cls, aux, children):
         keys, checks, scheduled = aux
-        return cls(dict(zip(keys, children)), dict(checks), scheduled)
+        return cls(dict(zip(keys, children, strict=True)), dict(checks), scheduled)
 
 
 def float_dtype() -> jnp.dtype:

@@ -218,4 +218,4 @@ def _apply(rule, g, stored, p, hp, count, uses_params):
     if uses_params:
         kwargs["p"] = jnp.asarray(p).astype(cdtype)
     u, new = rule(g.astype(cdtype), *ins, **kwargs)
-    return u.astype(g.dtype), [n.astype(s.dtype) for n, s in zip(new, stored)]
+    return u.astype(g.dtype), [n.astype(s.dtype) for n, s in zip(new, stored, strict=True)]

@@ -12,6 +12,7 @@ from jax.typing import DTypeLike
 PyTree = Any
 
 __all__ = [
+    "abs_sq",
     "cast",
     "path_str",
     "full_like",
@@ -28,7 +29,18 @@ def _is_none(x: Any) -> bool:
 
 
 def path_str(path: Sequence[Any]) -> str:
-    """A readable leaf path such as `['layer']['w']`, or `<root>` for a bare array."""
+    """A readable leaf path such as `['layer']['w']`, or `<root>` for a bare array.
+
+    Example:
+        ```python
+        import jax
+        import jax.numpy as jnp
+        from gradchain import tree
+
+        (path, _), = jax.tree_util.tree_flatten_with_path({"layer": {"w": jnp.ones(1)}})[0]
+        assert tree.path_str(path) == "['layer']['w']"
+        ```
+    """
     return jax.tree_util.keystr(tuple(path)) or "<root>"
 
 
@@ -67,7 +79,16 @@ def global_norm(tree: PyTree) -> jax.Array:
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
-    """$|x|^2$ element-wise; real for complex inputs."""
+    """$|x|^2$ element-wise; real for complex inputs.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        from gradchain import tree
+
+        assert tree.abs_sq(jnp.array(3 + 4j)) == 25.0
+        ```
+    """
     return (x * x.conj()).real if jnp.iscomplexobj(x) else x * x
 
 

@@ -14,7 +14,7 @@ from jax.typing import DTypeLike
 
 from gradchain._base import GradientTransformation, Updates
 from gradchain._checks import check
-from gradchain._hyperparams import HyperparamSpec, Hyperparams
+from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import Slot, check_state_dtype, elementwise
 from gradchain.tree import abs_sq
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation
-from gradchain._hyperparams import HyperparamSpec, Hyperparams
+from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import check_leaf_dtypes, elementwise
 
 

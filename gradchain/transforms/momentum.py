@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from gradchain._base import GradientTransformation, Updates
-from gradchain._hyperparams import HyperparamSpec, Hyperparams
+from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import Slot, check_state_dtype, elementwise
 
 

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 
 from gradchain._base import GradientTransformation
-from gradchain._hyperparams import HyperparamSpec, Hyperparams, Schedule
+from gradchain._hyperparams import Hyperparams, HyperparamSpec, Schedule
 from gradchain._lift import elementwise
 
 ScalarOrSchedule = float | jax.Array | Schedule

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import jax
 
 from gradchain._base import GradientTransformation
-from gradchain._hyperparams import HyperparamSpec, Hyperparams
+from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import elementwise
 from gradchain.transforms.scaling import ScalarOrSchedule
 
