@@ -51,6 +51,7 @@ from gradchain.transforms.clipping import (
     clip_by_block_rms,
     clip_by_global_norm,
 )
+from gradchain.transforms.debugging import check_finite
 from gradchain.transforms.momentum import EmaState, TraceState, ema, trace
 from gradchain.transforms.scaling import ScaleState, scale, scale_by_learning_rate, scale_by_schedule
 from gradchain.transforms.weight_decay import WeightDecayState, add_decayed_weights, add_l2_regularization
@@ -89,6 +90,7 @@ __all__ = [
     "clip",
     "clip_by_global_norm",
     "clip_by_block_rms",
+    "check_finite",
     # states
     "ScaleState",
     "TraceState",
