@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -35,7 +35,7 @@ from jax.typing import DTypeLike
 
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation
-from gradchain._hyperparams import HyperparamSpec
+from gradchain._hyperparams import HyperparamSpec, float_dtype
 
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
@@ -134,6 +134,8 @@ def elementwise(
     hyperparams: HyperparamSpec,
     *,
     slots: Sequence[Slot] = (),
+    scalars: Mapping[str, float] | None = None,
+    scalar_rule: Callable[..., dict[str, jax.Array]] | None = None,
     uses_params: bool = False,
     complex_ok: bool = True,
     mask: Any = None,
@@ -145,15 +147,23 @@ def elementwise(
         rule: `rule(g, *slots, hp=..., t=..., [p=...]) -> (update, tuple_of_new_slots)`. `g`, the slots
             and `p` arrive in the compute dtype; `hp` has the hyperparameters as attributes (real
             compute dtype); `t` is the 1-based step number as a real scalar.
-        state_type: a NamedTuple with fields `count`, one per slot (in order), and `hyperparams`.
+        state_type: a NamedTuple with fields `count`, one per slot (in order), one per scalar, and
+            `hyperparams`.
         hyperparams: the transformation's hyperparameters.
         slots: the per-parameter buffers.
+        scalars: state shared by all leaves, `name -> initial value` (stored in the default float
+            dtype), such as NAdam's running product of momentum coefficients.
+        scalar_rule: `scalar_rule(hp=..., t=..., **scalars) -> dict of new scalars`, run once per
+            step before the leaves; the rule then receives the new scalars as keyword arguments.
         uses_params: pass the params to the rule as `p` (update then requires params).
         complex_ok: whether complex leaves are allowed.
         mask: None, or a tree of bools / a function of the params giving one: False leaves pass
             through unchanged. Only for rules without slots.
     """
     slots = tuple(slots)
+    scalars = dict(scalars or {})
+    if bool(scalars) != (scalar_rule is not None):
+        raise ValueError(f"{owner}: scalars and scalar_rule go together")
     if mask is not None and slots:
         raise ValueError(f"{owner}: masks are only supported for rules without state buffers")
 
@@ -165,7 +175,8 @@ def elementwise(
             )
             for slot in slots
         }
-        return state_type(count=jnp.zeros((), jnp.int32), **buffers, hyperparams=hyperparams.init())
+        shared = {name: jnp.asarray(value, float_dtype()) for name, value in scalars.items()}
+        return state_type(count=jnp.zeros((), jnp.int32), **buffers, **shared, hyperparams=hyperparams.init())
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
@@ -177,12 +188,18 @@ def elementwise(
                 getattr(state, slots[0].name), updates, expected_name="state", actual_name="updates", where=owner
             )
         if uses_params:
-            tree_util.check_same_structure(
-                params, updates, expected_name="params", actual_name="updates", where=owner
-            )
+            tree_util.check_same_structure(params, updates, expected_name="params", actual_name="updates", where=owner)
 
         hp_state = hyperparams.at(state.hyperparams, state.count)
         count = saturating_increment(state.count)
+        shared = {}
+        if scalar_rule is not None:
+            hp_view = types.SimpleNamespace(**hp_state)
+            old = {name: getattr(state, name) for name in scalars}
+            shared = {
+                name: jnp.asarray(v, old[name].dtype)
+                for name, v in scalar_rule(hp=hp_view, t=count.astype(float_dtype()), **old).items()
+            }
 
         treedef = jax.tree.structure(updates)
         g_leaves = treedef.flatten_up_to(updates)
@@ -194,7 +211,7 @@ def elementwise(
         for i, g in enumerate(g_leaves):
             stored = [leaves[i] for leaves in slot_leaves]
             if active[i]:
-                u, new = _apply(rule, g, stored, p_leaves[i], hp_state, count, uses_params)
+                u, new = _apply(rule, g, stored, p_leaves[i], hp_state, count, uses_params, shared)
             else:
                 u, new = g, stored
             out_updates.append(u)
@@ -202,19 +219,19 @@ def elementwise(
                 out_slots[k].append(value)
 
         new_buffers = {slot.name: treedef.unflatten(out_slots[k]) for k, slot in enumerate(slots)}
-        new_state = state_type(count=count, **new_buffers, hyperparams=hp_state)
+        new_state = state_type(count=count, **new_buffers, **shared, hyperparams=hp_state)
         return treedef.unflatten(out_updates), new_state
 
     return GradientTransformation(init, update)
 
 
-def _apply(rule, g, stored, p, hp, count, uses_params):
+def _apply(rule, g, stored, p, hp, count, uses_params, shared):
     """Run the rule on one leaf: cast in, compute in at least float32, cast out."""
     cdtype = compute_dtype(g.dtype)
     rdtype = real_dtype(cdtype)
     hp_view = types.SimpleNamespace(**{k: v.astype(rdtype) for k, v in hp.items()})
     ins = [s.astype(jnp.promote_types(s.dtype, rdtype)) for s in stored]
-    kwargs = {"hp": hp_view, "t": count.astype(rdtype)}
+    kwargs = {"hp": hp_view, "t": count.astype(rdtype), **{k: v.astype(rdtype) for k, v in shared.items()}}
     if uses_params:
         kwargs["p"] = jnp.asarray(p).astype(cdtype)
     u, new = rule(g.astype(cdtype), *ins, **kwargs)

@@ -198,9 +198,7 @@ def tree_get(tree: PyTree, name: str, default: Any = None) -> Any:
     return found[0] if found else default
 
 
-def check_same_structure(
-    expected: PyTree, actual: PyTree, *, expected_name: str, actual_name: str, where: str
-) -> None:
+def check_same_structure(expected: PyTree, actual: PyTree, *, expected_name: str, actual_name: str, where: str) -> None:
     """Raise ValueError if two trees differ in structure or leaf shapes, naming the leaf paths.
 
     Example:

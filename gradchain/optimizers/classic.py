@@ -22,6 +22,7 @@ from gradchain.transforms.adaptive import (
     scale_by_adam,
     scale_by_adamax,
     scale_by_amsgrad,
+    scale_by_nadam,
     scale_by_rms,
     scale_by_rss,
 )
@@ -341,19 +342,23 @@ def nadam(
     mu_dtype: DTypeLike | None = None,
     *,
     nu_dtype: DTypeLike | None = None,
+    momentum_decay: Scalar | None = None,
     weight_decay: ScalarOrSchedule | None = None,
 ) -> GradientTransformation:
-    """NAdam: Adam with Nesterov's look-ahead first moment, as optax defines it.
+    """NAdam: Adam with Nesterov's look-ahead first moment (optax's form, or Dozat's/PyTorch's).
 
     $$ \\hat\\mu_t = \\frac{\\beta_1 \\mu_t}{1-\\beta_1^{t+1}} + \\frac{(1-\\beta_1) g_t}{1-\\beta_1^t},
        \\qquad p_t = p_{t-1} - \\eta_t \\frac{\\hat\\mu_t}{\\sqrt{\\hat\\nu_t + \\epsilon_{root}} + \\epsilon} $$
 
-    Recipe: `adam(..., nesterov=True)`. PyTorch's `NAdam` additionally decays the momentum with
-    Dozat's schedule $\\beta_{1,t} = \\beta_1 (1 - \\tfrac12 0.96^{t \\psi})$, so its trajectory differs;
-    that variant is not part of this release.
+    Recipe: `adam(..., nesterov=True)`. With `momentum_decay` $\\psi$ given, the recipe is
+    `scale_by_nadam` instead: Dozat's schedule $\\mu_t = \\beta_1 (1 - \\tfrac12 0.96^{t \\psi})$, which
+    is what PyTorch's `NAdam` does: `torch.optim.NAdam(lr, betas, eps, weight_decay, momentum_decay)`
+    is `nadam(lr, *betas, eps, momentum_decay=momentum_decay, weight_decay=weight_decay)` (PyTorch's
+    default `momentum_decay` is 0.004; `eps_root` does not apply there).
 
     Args:
         learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype: as in `adam`.
+        momentum_decay: None for optax's NAdam, or $\\psi \\ge 0$ for Dozat's momentum schedule.
         weight_decay: coupled L2 coefficient, or None.
 
     Returns:
@@ -373,9 +378,19 @@ def nadam(
     References:
         Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016.
     """
-    return adam(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=True, weight_decay=weight_decay
+    return _recipe(
+        _l2(weight_decay),
+        _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay),
+        scale_by_learning_rate(learning_rate),
     )
+
+
+def _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay) -> GradientTransformation:
+    if momentum_decay is None:
+        return scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=True)
+    if not (isinstance(eps_root, (int, float)) and eps_root == 0):
+        raise ValueError("nadam: eps_root is not used with momentum_decay (Dozat's NAdam); leave it at 0")
+    return scale_by_nadam(b1, b2, eps, momentum_decay, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
 
 
 def nadamw(
@@ -389,16 +404,21 @@ def nadamw(
     mask: Any = None,
     *,
     nu_dtype: DTypeLike | None = None,
+    momentum_decay: Scalar | None = None,
 ) -> GradientTransformation:
     """NAdamW: NAdam's first moment with decoupled weight decay.
 
     $$ p_t = p_{t-1} - \\eta_t \\Big(\\frac{\\hat\\mu_t}{\\sqrt{\\hat\\nu_t + \\epsilon_{root}} + \\epsilon}
        + \\lambda p_{t-1}\\Big), \\quad \\hat\\mu_t \\text{ as in } `nadam` $$
 
-    Recipe: `adamw(..., nesterov=True)`.
+    Recipe: `scale_by_adam(nesterov=True)` (or `scale_by_nadam` when `momentum_decay` is given) →
+    `add_decayed_weights` → `scale_by_learning_rate`. `torch.optim.NAdam(lr, betas, eps,
+    weight_decay, momentum_decay, decoupled_weight_decay=True)` is `nadamw(lr, *betas, eps,
+    weight_decay=weight_decay, momentum_decay=momentum_decay)`.
 
     Args:
         learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nu_dtype: as in `adamw`.
+        momentum_decay: None for optax's NAdam, or $\\psi \\ge 0$ for Dozat's momentum schedule.
 
     Returns:
         A `GradientTransformation`.
@@ -417,8 +437,10 @@ def nadamw(
     References:
         Dozat 2016; Loshchilov & Hutter, ICLR 2019.
     """
-    return adamw(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nu_dtype=nu_dtype, nesterov=True
+    return chain(
+        _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
     )
 
 

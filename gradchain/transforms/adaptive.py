@@ -16,6 +16,7 @@ from gradchain._base import GradientTransformation, Updates
 from gradchain._checks import check
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import Slot, check_state_dtype, elementwise
+from gradchain._numerics import one_minus_pow
 from gradchain.tree import abs_sq
 
 
@@ -136,7 +137,7 @@ def scale_by_rms(
 
     def rule(g, nu, *mu, hp, t):
         nu = hp.decay * nu + (1 - hp.decay) * abs_sq(g)
-        correction = (1 - hp.decay**t) if bias_correction else 1
+        correction = one_minus_pow(hp.decay, t) if bias_correction else 1
         variance = nu / correction
         if centered:
             (m,) = mu
@@ -162,11 +163,8 @@ class ScaleByAdamState(NamedTuple):
     hyperparams: Hyperparams
 
 
-def _adam_spec(owner: str, b1, b2, eps, eps_root=None) -> HyperparamSpec:
-    entries = {"b1": (b1, "unit_interval"), "b2": (b2, "unit_interval"), "eps": (eps, "nonnegative")}
-    if eps_root is not None:
-        entries["eps_root"] = (eps_root, "nonnegative")
-    return HyperparamSpec(owner, **entries)
+def _adam_spec(owner: str, b1, b2, eps, **extra: tuple) -> HyperparamSpec:
+    return HyperparamSpec(owner, b1=(b1, "unit_interval"), b2=(b2, "unit_interval"), eps=(eps, "nonnegative"), **extra)
 
 
 def _first_moment_hat(g, mu, b1, t, *, nesterov: bool, bias_correction: bool):
@@ -174,8 +172,8 @@ def _first_moment_hat(g, mu, b1, t, *, nesterov: bool, bias_correction: bool):
     if not bias_correction:
         return b1 * mu + (1 - b1) * g if nesterov else mu
     if nesterov:
-        return b1 * mu / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
-    return mu / (1 - b1**t)
+        return b1 * mu / one_minus_pow(b1, t + 1) + (1 - b1) * g / one_minus_pow(b1, t)
+    return mu / one_minus_pow(b1, t)
 
 
 def scale_by_adam(
@@ -235,13 +233,13 @@ def scale_by_adam(
     """
     check_state_dtype("scale_by_adam", "mu_dtype", mu_dtype)
     check_state_dtype("scale_by_adam", "nu_dtype", nu_dtype)
-    spec = _adam_spec("scale_by_adam", b1, b2, eps, eps_root)
+    spec = _adam_spec("scale_by_adam", b1, b2, eps, eps_root=(eps_root, "nonnegative"))
 
     def rule(g, mu, nu, *, hp, t):
         mu = hp.b1 * mu + (1 - hp.b1) * g
         nu = hp.b2 * nu + (1 - hp.b2) * abs_sq(g)
         mu_hat = _first_moment_hat(g, mu, hp.b1, t, nesterov=nesterov, bias_correction=bias_correction)
-        nu_hat = nu / (1 - hp.b2**t) if bias_correction else nu
+        nu_hat = nu / one_minus_pow(hp.b2, t) if bias_correction else nu
         return mu_hat / (jnp.sqrt(nu_hat + hp.eps_root) + hp.eps), (mu, nu)
 
     slots = [Slot("mu", dtype=mu_dtype), Slot("nu", dtype=nu_dtype, real=True)]
@@ -307,23 +305,26 @@ def scale_by_amsgrad(
     """
     check_state_dtype("scale_by_amsgrad", "mu_dtype", mu_dtype)
     check_state_dtype("scale_by_amsgrad", "nu_dtype", nu_dtype)
-    spec = _adam_spec("scale_by_amsgrad", b1, b2, eps, eps_root)
+    spec = _adam_spec("scale_by_amsgrad", b1, b2, eps, eps_root=(eps_root, "nonnegative"))
 
     def rule(g, mu, nu, nu_max, *, hp, t):
         mu = hp.b1 * mu + (1 - hp.b1) * g
         nu = hp.b2 * nu + (1 - hp.b2) * abs_sq(g)
-        correction = 1 - hp.b2**t
+        correction = one_minus_pow(hp.b2, t)
         if debias_before_max:
             nu_max = jnp.maximum(nu_max, nu / correction)
             nu_hat = nu_max
         else:
             nu_max = jnp.maximum(nu_max, nu)
             nu_hat = nu_max / correction
-        mu_hat = mu / (1 - hp.b1**t)
+        mu_hat = mu / one_minus_pow(hp.b1, t)
         return mu_hat / (jnp.sqrt(nu_hat + hp.eps_root) + hp.eps), (mu, nu, nu_max)
 
-    slots = [Slot("mu", dtype=mu_dtype), Slot("nu", dtype=nu_dtype, real=True),
-             Slot("nu_max", dtype=nu_dtype, real=True)]
+    slots = [
+        Slot("mu", dtype=mu_dtype),
+        Slot("nu", dtype=nu_dtype, real=True),
+        Slot("nu_max", dtype=nu_dtype, real=True),
+    ]
     return elementwise("scale_by_amsgrad", rule, ScaleByAmsgradState, spec, slots=slots)
 
 
@@ -364,7 +365,98 @@ def scale_by_adamax(
     def rule(g, mu, nu, *, hp, t):
         mu = hp.b1 * mu + (1 - hp.b1) * g
         nu = jnp.maximum(hp.b2 * nu, jnp.abs(g) + hp.eps)
-        return mu / (1 - hp.b1**t) / nu, (mu, nu)
+        return mu / one_minus_pow(hp.b1, t) / nu, (mu, nu)
 
     slots = [Slot("mu"), Slot("nu", real=True)]
     return elementwise("scale_by_adamax", rule, ScaleByAdamState, spec, slots=slots)
+
+
+class ScaleByNadamState(NamedTuple):
+    """State of `scale_by_nadam`: step count, `mu`, `nu`, the running product of momentum coefficients."""
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+    mu_product: jax.Array
+    hyperparams: Hyperparams
+
+
+def _momentum_coefficient(b1: jax.Array, momentum_decay: jax.Array, t: jax.Array) -> jax.Array:
+    # Dozat's warming momentum schedule: starts near b1 / 2 and rises towards b1.
+    return b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+
+
+def scale_by_nadam(
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.999,
+    eps: float | jax.Array = 1e-8,
+    momentum_decay: float | jax.Array = 4e-3,
+    *,
+    mu_dtype: DTypeLike | None = None,
+    nu_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    """NAdam with Dozat's momentum schedule, as in the paper and PyTorch's `NAdam`.
+
+    With $\\psi$ the momentum decay, $\\mu_t = \\beta_1 (1 - \\tfrac12\\, 0.96^{t\\psi})$ and
+    $\\Pi_t = \\prod_{i \\le t} \\mu_i$:
+
+    $$ m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad \\nu_t = \\beta_2 \\nu_{t-1} + (1-\\beta_2) |g_t|^2,
+       \\qquad d_t = \\sqrt{\\nu_t / (1-\\beta_2^t)} + \\epsilon $$
+    $$ u_t = \\frac{1-\\mu_t}{1-\\Pi_t} \\frac{g_t}{d_t} + \\frac{\\mu_{t+1}}{1-\\Pi_t \\mu_{t+1}} \\frac{m_t}{d_t} $$
+
+    This differs from `scale_by_adam(nesterov=True)` (optax's NAdam), which uses a constant
+    $\\mu_t = \\beta_1$. $\\Pi_t$ is a scalar in the state (`mu_product`), updated once per step.
+
+    Args:
+        b1: $\\beta_1 \\in [0, 1)$ (hyperparameter `b1`).
+        b2: $\\beta_2 \\in [0, 1)$ (hyperparameter `b2`).
+        eps: $\\epsilon \\ge 0$ (hyperparameter `eps`).
+        momentum_decay: $\\psi \\ge 0$ (hyperparameter `momentum_decay`; PyTorch's default 0.004).
+        mu_dtype: storage dtype of $m$.
+        nu_dtype: storage dtype of $\\nu$.
+
+    Returns:
+        A `GradientTransformation` with `ScaleByNadamState`.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        tx = gc.scale_by_nadam()
+        state = tx.init({"w": jnp.zeros(2)})
+        u, state = tx.update({"w": jnp.array([1.0, -1.0])}, state)
+        assert jnp.isclose(state.mu_product, 0.9 * (1 - 0.5 * 0.96**0.004))
+        ```
+
+    References:
+        Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016.
+    """
+    check_state_dtype("scale_by_nadam", "mu_dtype", mu_dtype)
+    check_state_dtype("scale_by_nadam", "nu_dtype", nu_dtype)
+    spec = _adam_spec("scale_by_nadam", b1, b2, eps, momentum_decay=(momentum_decay, "nonnegative"))
+
+    def scalar_rule(*, hp, t, mu_product):
+        return {"mu_product": mu_product * _momentum_coefficient(hp.b1, hp.momentum_decay, t)}
+
+    def rule(g, mu, nu, *, hp, t, mu_product):
+        coefficient = _momentum_coefficient(hp.b1, hp.momentum_decay, t)
+        next_coefficient = _momentum_coefficient(hp.b1, hp.momentum_decay, t + 1)
+        mu = hp.b1 * mu + (1 - hp.b1) * g
+        nu = hp.b2 * nu + (1 - hp.b2) * abs_sq(g)
+        denom = jnp.sqrt(nu / one_minus_pow(hp.b2, t)) + hp.eps
+        u = (1 - coefficient) / (1 - mu_product) * g / denom + (
+            next_coefficient / (1 - mu_product * next_coefficient)
+        ) * mu / denom
+        return u, (mu, nu)
+
+    slots = [Slot("mu", dtype=mu_dtype), Slot("nu", dtype=nu_dtype, real=True)]
+    return elementwise(
+        "scale_by_nadam",
+        rule,
+        ScaleByNadamState,
+        spec,
+        slots=slots,
+        scalars={"mu_product": 1.0},
+        scalar_rule=scalar_rule,
+    )

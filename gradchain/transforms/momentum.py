@@ -11,6 +11,7 @@ from jax.typing import DTypeLike
 from gradchain._base import GradientTransformation, Updates
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import Slot, check_state_dtype, elementwise
+from gradchain._numerics import one_minus_pow
 
 
 class TraceState(NamedTuple):
@@ -128,7 +129,7 @@ def ema(
 
     def rule(g, m, *, hp, t):
         m = hp.decay * m + (1 - hp.decay) * g
-        u = m / (1 - hp.decay**t) if debias else m
+        u = m / one_minus_pow(hp.decay, t) if debias else m
         return u, (m,)
 
     return elementwise("ema", rule, EmaState, spec, slots=[Slot("ema", dtype=accumulator_dtype)])
