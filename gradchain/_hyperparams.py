@@ -289,7 +289,12 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
                 )
             _checks.check(full, value, node.check_kind(name))
             old = node[name]
-            new[name] = jnp.broadcast_to(jnp.asarray(value, dtype=old.dtype), jnp.shape(old))
+            value = jnp.broadcast_to(jnp.asarray(value, dtype=old.dtype), jnp.shape(old))
+            if isinstance(old, jax.Array) and not isinstance(old, jax.core.Tracer) and old.committed:
+                # Same placement as the value it replaces: a committed/uncommitted flip is a new
+                # signature for a jitted step, which would recompile.
+                value = jax.device_put(value, old.sharding)
+            new[name] = value
         return node.replace(**new)
 
     return jax.tree_util.tree_map(replace, state, is_leaf=_is_hyperparams)

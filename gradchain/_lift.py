@@ -176,7 +176,8 @@ def elementwise(
             for slot in slots
         }
         shared = {name: jnp.asarray(value, float_dtype()) for name, value in scalars.items()}
-        return state_type(count=jnp.zeros((), jnp.int32), **buffers, **shared, hyperparams=hyperparams.init())
+        state = state_type(count=jnp.zeros((), jnp.int32), **buffers, **shared, hyperparams=hyperparams.init())
+        return tree_util.place_like(state, params)
 
     def update(updates, state, params=None, **extra_args):
         del extra_args

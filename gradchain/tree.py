@@ -15,6 +15,8 @@ __all__ = [
     "abs_sq",
     "cast",
     "path_str",
+    "place_like",
+    "replicated_sharding",
     "full_like",
     "global_norm",
     "leaf_paths",
@@ -92,12 +94,75 @@ def abs_sq(x: jax.Array) -> jax.Array:
     return (x * x.conj()).real if jnp.iscomplexobj(x) else x * x
 
 
+def _is_committed_array(x: Any) -> bool:
+    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.committed
+
+
 def _device_kwargs(x: Any) -> dict[str, Any]:
-    # Keep the sharding of the array the buffer mirrors, so optimizer state is laid out like params.
-    sharding = getattr(x, "sharding", None)
-    if sharding is not None and not isinstance(x, jax.core.Tracer):
-        return {"device": sharding}
+    # Lay a buffer out like the array it mirrors. Only a placement the user chose is copied: an
+    # uncommitted param stays free to move, and committing its state would change the jitted step's
+    # signature (and recompile it) as soon as outputs come back committed.
+    if _is_committed_array(x) or (isinstance(x, jax.ShapeDtypeStruct) and x.sharding is not None):
+        return {"device": x.sharding}
     return {}
+
+
+def replicated_sharding(tree: PyTree) -> jax.sharding.Sharding | None:
+    """A sharding that replicates a scalar over the devices of the first committed leaf of `tree`.
+
+    None when no leaf has a placement the user chose (then scalars stay uncommitted too).
+
+    Example:
+        ```python
+        import jax
+        import jax.numpy as jnp
+        from gradchain import tree
+
+        params = {"w": jax.device_put(jnp.ones(2), jax.devices()[0])}
+        assert tree.replicated_sharding(params).device_set == {jax.devices()[0]}
+        assert tree.replicated_sharding({"w": jnp.ones(2)}) is None
+        ```
+    """
+    for leaf in jax.tree.leaves(tree):
+        if not _is_committed_array(leaf):
+            continue
+        sharding = leaf.sharding
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+            return sharding
+    return None
+
+
+def place_like(state: PyTree, params: PyTree) -> PyTree:
+    """Commit the uncommitted arrays of `state` (counts, hyperparameters) replicated like `params`.
+
+    A state whose buffers are committed to the params' devices but whose scalars are not changes
+    signature after the first jitted step (outputs come back committed) and recompiles once;
+    placing the scalars at `init` keeps the step at one compilation. No-op for uncommitted params
+    and under tracing.
+
+    Example:
+        ```python
+        import jax
+        import jax.numpy as jnp
+        from gradchain import tree
+
+        params = {"w": jax.device_put(jnp.ones(2), jax.devices()[0])}
+        state = tree.place_like({"count": jnp.zeros((), jnp.int32)}, params)
+        assert state["count"].committed
+        ```
+    """
+    sharding = replicated_sharding(params)
+    if sharding is None:
+        return state
+
+    def place(x):
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and not x.committed:
+            return jax.device_put(x, sharding)
+        return x
+
+    return jax.tree.map(place, state)
 
 
 def full_like(tree: PyTree, fill_value: Any, dtype: DTypeLike | None = None) -> PyTree:

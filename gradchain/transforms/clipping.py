@@ -97,8 +97,7 @@ def clip_by_global_norm(max_norm: float | jax.Array, *, eps: float | jax.Array =
     spec = HyperparamSpec("clip_by_global_norm", max_norm=(max_norm, "nonnegative"), eps=(eps, "nonnegative"))
 
     def init(params):
-        del params
-        return ClipByGlobalNormState(jnp.zeros((), jnp.float32), spec.init())
+        return tree_util.place_like(ClipByGlobalNormState(jnp.zeros((), jnp.float32), spec.init()), params)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -147,8 +146,7 @@ def clip_by_block_rms(threshold: float | jax.Array) -> GradientTransformation:
     spec = HyperparamSpec("clip_by_block_rms", threshold=(threshold, "nonnegative"))
 
     def init(params):
-        del params
-        return ClipByBlockRmsState(spec.init())
+        return tree_util.place_like(ClipByBlockRmsState(spec.init()), params)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
