@@ -39,8 +39,6 @@ def concrete_float(value: Any) -> float | None:
     """Return `value` as a Python float when it is a concrete scalar, else None (traced/array)."""
     if isinstance(value, jax.core.Tracer):
         return None
-    if isinstance(value, bool):
-        return float(value)
     if isinstance(value, (int, float, np.number)):
         return float(value)
     if hasattr(value, "shape") and hasattr(value, "dtype") and np.shape(value) == ():
@@ -59,6 +57,8 @@ def check(name: str, value: Any, kind: str) -> None:
     """
     if callable(value):
         return
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a number or a schedule, got the boolean {value!r}")
     if hasattr(value, "shape") and np.shape(value) != ():
         raise TypeError(f"{name} must be a scalar, got an array of shape {np.shape(value)}")
     if not isinstance(value, jax.core.Tracer) and not (

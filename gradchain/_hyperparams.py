@@ -108,14 +108,17 @@ class HyperparamSpec:
 
     Each entry is a number (stored in the state as a scalar array) or a schedule `step -> value`
     (static; its value at the current step is stored in the state). Numbers are checked here, when
-    the transformation is built, so the error points at the user's call.
+    the transformation is built, so the error points at the user's call. A transformation whose state
+    keeps no step count passes `allow_schedules=False`, so a schedule is rejected rather than frozen.
     """
 
-    def __init__(self, owner: str, **entries: tuple[Any, str]):
+    def __init__(self, owner: str, *, allow_schedules: bool = True, **entries: tuple[Any, str]):
         self.owner = owner
         self.values: dict[str, Any] = {}
         self.checks: dict[str, str] = {}
         for name, (value, kind) in entries.items():
+            if callable(value) and not allow_schedules:
+                raise TypeError(f"{owner}: {name} must be a number; this transformation does not take schedules")
             _checks.check(f"{owner}: {name}", value, kind)
             self.values[name] = value
             self.checks[name] = kind

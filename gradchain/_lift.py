@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 
 from gradchain import tree as tree_util
@@ -48,7 +49,8 @@ class Slot:
         name: the field name in the state (`mu`, `nu`, `trace`, ...).
         init: the initial value of every element.
         dtype: storage dtype; None means the param's dtype.
-        real: store in the real dtype for complex params (for accumulators of |g|^2).
+        real: an accumulator of |g|^2: stored in the real dtype for complex params, and in float32
+            (not float16) for float16 params, whose range cannot hold small squared gradients.
     """
 
     name: str
@@ -62,6 +64,10 @@ class Slot:
         dtype = jnp.dtype(param_dtype)
         if self.real and jnp.issubdtype(dtype, jnp.complexfloating):
             return jnp.finfo(dtype).dtype
+        if self.real and dtype == jnp.float16:
+            # float16 cannot hold squared gradients: (1 - b2) g^2 is 0 below |g| ~ 8e-3, and a later
+            # step then divides by eps alone. bfloat16 has float32's range and keeps its own dtype.
+            return jnp.dtype(jnp.float32)
         return dtype
 
 
@@ -122,7 +128,7 @@ def _resolve_mask(owner: str, mask: Any, params: Any, updates: Any) -> list[bool
             f"  mask:    {jax.tree.structure(mask)}\n  updates: {treedef}"
         ) from None
     for value in leaves:
-        if not isinstance(value, bool):
+        if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{owner}: mask leaves must be Python bools, got {value!r}")
     return leaves
 

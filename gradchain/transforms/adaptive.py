@@ -210,7 +210,8 @@ def scale_by_adam(
         eps_root: $\\epsilon_{root} \\ge 0$ inside the root; make it positive to differentiate through
             the update when gradients can be 0 (hyperparameter `eps_root`).
         mu_dtype: storage dtype of $\\mu$; None keeps the param's dtype.
-        nu_dtype: storage dtype of $\\nu$; None keeps the param's (real) dtype.
+        nu_dtype: storage dtype of $\\nu$; None keeps the param's real dtype, except float16 params,
+            whose $\\nu$ defaults to float32 (float16 cannot hold $g^2$ for $|g| < 10^{-2}$).
         nesterov: use the NAdam first moment.
         bias_correction: divide the moments by $1-\\beta^t$.
 
@@ -337,7 +338,8 @@ def scale_by_adamax(
        \\nu_t = \\max(\\beta_2 \\nu_{t-1},\\ |g_t| + \\epsilon), \\qquad
        u_t = \\frac{\\mu_t}{(1-\\beta_1^t)\\, \\nu_t} $$
 
-    $\\epsilon$ sits inside the maximum, as in both optax and PyTorch, so $\\nu_t > 0$.
+    $\\epsilon$ sits inside the maximum, as in both optax and PyTorch, so $\\nu_t > 0$ when
+    $\\epsilon > 0$ (with $\\epsilon = 0$ a zero gradient on a zero $\\nu$ gives 0/0).
 
     Args:
         b1: $\\beta_1 \\in [0, 1)$ (hyperparameter `b1`).

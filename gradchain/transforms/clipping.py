@@ -94,7 +94,9 @@ def clip_by_global_norm(max_norm: float | jax.Array, *, eps: float | jax.Array =
     References:
         Pascanu, Mikolov & Bengio, *On the difficulty of training recurrent neural networks*, ICML 2013.
     """
-    spec = HyperparamSpec("clip_by_global_norm", max_norm=(max_norm, "nonnegative"), eps=(eps, "nonnegative"))
+    spec = HyperparamSpec(
+        "clip_by_global_norm", allow_schedules=False, max_norm=(max_norm, "nonnegative"), eps=(eps, "nonnegative")
+    )
 
     def init(params):
         return tree_util.place_like(ClipByGlobalNormState(jnp.zeros((), jnp.float32), spec.init()), params)
@@ -143,7 +145,7 @@ def clip_by_block_rms(threshold: float | jax.Array) -> GradientTransformation:
         Shazeer & Stern, *Adafactor: Adaptive Learning Rates with Sublinear Memory Cost*, ICML 2018
         (update clipping by block RMS).
     """
-    spec = HyperparamSpec("clip_by_block_rms", threshold=(threshold, "nonnegative"))
+    spec = HyperparamSpec("clip_by_block_rms", allow_schedules=False, threshold=(threshold, "nonnegative"))
 
     def init(params):
         return tree_util.place_like(ClipByBlockRmsState(spec.init()), params)

@@ -1,0 +1,599 @@
+"""Independent references for gradchain's ingredients, and helpers to run and compare trajectories.
+
+Test modules import this file as `from reference import ...` (pytest puts `tests/` on `sys.path`,
+because `tests/` has no `__init__.py`; this works under `pytest -n auto` too).
+
+Four groups of helpers:
+
+- **Inputs.** `grad_sequence(tree_shapes, n_steps, seed, dtype)` is a fixed pseudo-random sequence
+  of gradient trees (numpy arrays), independent of the params, so that trajectories compare without
+  chaotic amplification of rounding; `param_tree` makes a params tree of the same layout.
+  `stored(x, dtype)` is a hyperparameter rounded as gradchain stores it (a float32 scalar unless x64
+  is on): pass `stored(0.999)` to a reference so that both sides use the same $\\beta$.
+- **Running.** `run_transform(tx, params, grads_seq)` runs a transformation (jitted by default) and
+  returns a `Trajectory`: the list of per-step update trees (numpy), with the final state and params
+  as attributes.
+- **References.** `ref_*` functions are float64 numpy transcriptions of the per-array formulas, as the
+  papers (and gradchain's docstrings) state them. Each maps the list of gradients of ONE leaf (one
+  array per step) to the list of updates (float64, or complex128 for complex input), except
+  `ref_clip_by_global_norm`, which maps a list of gradient TREES to a list of update trees because the
+  norm couples the leaves. `reference_tree(ref_fn, grads_seq, ...)` applies a per-leaf reference to
+  every leaf of a tree sequence. Complex gradients use $|g|^2 = g \\bar g$ throughout.
+- **Comparing.** `assert_trajectory_close(actual, expected, rtol)` compares leaf by leaf and step by
+  step, measuring the error relative to the leaf's largest magnitude (over the trajectory, or at
+  each step with `per_step=True`).
+
+Step numbering: references use the 1-based step $t$ of the papers for bias corrections; schedules
+(`learning_rate`, `weight_decay`, `step_size` as callables) receive the 0-based count before the step,
+as in gradchain and optax.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+Schedule = Callable[[int], float]
+
+__all__ = [
+    "TREE_SCALES",
+    "TREE_SHAPES",
+    "Trajectory",
+    "abs_sq",
+    "assert_leaf_close",
+    "assert_trajectory_close",
+    "grad_sequence",
+    "leaf_series",
+    "max_relative_error",
+    "param_tree",
+    "ref_adam",
+    "ref_adamax",
+    "ref_amsgrad",
+    "ref_clip",
+    "ref_clip_by_block_rms",
+    "ref_clip_by_global_norm",
+    "ref_decay",
+    "ref_ema",
+    "ref_global_norm",
+    "ref_rms",
+    "ref_rss",
+    "ref_scale",
+    "ref_trace",
+    "reference_tree",
+    "run_transform",
+    "stored",
+    "x64_enabled",
+]
+
+# The standard test tree: a scalar, a vector, a matrix and a 3-d array, so that per-leaf rules and
+# tree-wide ones (global norm) both see several shapes.
+TREE_SHAPES: dict[str, tuple[int, ...]] = {"a": (), "b": (7,), "c": (3, 5), "d": (2, 3, 4)}
+# Magnitudes per leaf for `grad_sequence(..., leaf_scales=TREE_SCALES)`: leaves of very different
+# sizes make every eps visible somewhere (on "b", sqrt(nu) ~ 1e-3) and put clipping thresholds
+# between leaves.
+TREE_SCALES: dict[str, float] = {"a": 1.0, "b": 1e-3, "c": 10.0, "d": 0.1}
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, tuple) and all(isinstance(i, int) for i in x)
+
+
+def _random_leaf(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / np.sqrt(2.0)
+    else:
+        x = rng.standard_normal(shape)
+    return np.asarray(x).astype(dtype)
+
+
+def grad_sequence(
+    tree_shapes: PyTree = TREE_SHAPES,
+    n_steps: int = 100,
+    seed: int = 0,
+    dtype: Any = np.float32,
+    *,
+    step_scales: Sequence[float] | None = None,
+    leaf_scales: PyTree | None = None,
+) -> list[PyTree]:
+    """A fixed pseudo-random sequence of gradient trees (standard normal entries, numpy arrays).
+
+    Args:
+        tree_shapes: a pytree whose leaves are shape tuples, e.g. `{"w": (3, 5), "b": (5,)}` (a
+            shape tuple is treated as a leaf, not as a container).
+        n_steps: the number of gradient trees.
+        seed: the numpy seed; the same arguments always give the same sequence.
+        dtype: the leaves' dtype (numpy or jax dtype: float16, `jnp.bfloat16`, complex64, ...). The
+            values are rounded to it, so a float64 reference computed from them sees exactly the
+            numbers the library sees. Complex entries have independent real and imaginary parts, each
+            of variance 1/2.
+        step_scales: optional per-step factors (length `n_steps`): step `k` is multiplied by
+            `step_scales[k]` (a 0 makes an all-zero gradient step; large or small factors put a step
+            above or below a clipping threshold).
+        leaf_scales: optional tree of floats with the structure of `tree_shapes` (e.g.
+            `TREE_SCALES`): every step of a leaf is multiplied by its factor.
+
+    Returns:
+        A list of `n_steps` trees shaped like `tree_shapes`, with numpy array leaves.
+    """
+    rng = np.random.default_rng(seed)
+    treedef = jax.tree.structure(tree_shapes, is_leaf=_is_shape)
+    shapes = jax.tree.leaves(tree_shapes, is_leaf=_is_shape)
+    per_leaf = [1.0] * len(shapes) if leaf_scales is None else treedef.flatten_up_to(leaf_scales)
+    if step_scales is not None and len(step_scales) != n_steps:
+        raise ValueError(f"step_scales has {len(step_scales)} entries, expected n_steps={n_steps}")
+    wide = np.complex128 if np.issubdtype(np.dtype(dtype), np.complexfloating) else np.float64
+    out = []
+    for k in range(n_steps):
+        factor = 1.0 if step_scales is None else step_scales[k]
+        leaves = []
+        for shape, leaf_factor in zip(shapes, per_leaf, strict=True):
+            x = _random_leaf(rng, shape, wide)
+            leaves.append(np.asarray(x * (factor * leaf_factor)).astype(dtype))
+        out.append(treedef.unflatten(leaves))
+    return out
+
+
+def param_tree(tree_shapes: PyTree = TREE_SHAPES, seed: int = 1234, dtype: Any = np.float32) -> PyTree:
+    """A params tree shaped like `tree_shapes` (standard normal entries in `dtype`, numpy arrays)."""
+    return grad_sequence(tree_shapes, 1, seed, dtype)[0]
+
+
+def stored(x: float, dtype: Any = None) -> float:
+    """`x` rounded to the dtype gradchain stores hyperparameters in (float32, float64 under x64).
+
+    References take Python floats; passing `stored(b2)` makes them use exactly the $\\beta_2$ the
+    library uses, so the comparison measures the algorithm, not the rounding of `0.999` to float32.
+    """
+    if dtype is None:
+        dtype = jnp.zeros((), dtype=float).dtype  # float32, or float64 when x64 is enabled
+    return float(np.asarray(x, dtype=dtype))
+
+
+@contextlib.contextmanager
+def x64_enabled() -> Iterator[None]:
+    """Enable `jax_enable_x64` inside the block and restore the previous setting afterwards.
+
+    Use it in a fixture (`with x64_enabled(): yield`), so a failing test cannot leak the setting.
+    """
+    previous = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+
+
+class Trajectory(list):
+    """The per-step update trees of a run (a plain `list` of numpy trees), plus the final state.
+
+    Attributes:
+        state: the transformation's state after the last step.
+        params: the params after the last step (unchanged unless `run_transform(..., apply=True)`).
+        param_history: the params each step saw (`param_history[k]` was passed to step `k`), numpy.
+    """
+
+    state: Any
+    params: Any
+    param_history: list[Any]
+
+
+def run_transform(
+    tx: Any,
+    params: PyTree,
+    grads_seq: Sequence[PyTree],
+    jit: bool = True,
+    *,
+    state: Any = None,
+    apply: bool = False,
+    **extra_args: Any,
+) -> Trajectory:
+    """Run `tx` over a fixed sequence of gradient trees and collect the updates.
+
+    Args:
+        tx: a `GradientTransformation` (gradchain or optax).
+        params: the params tree (numpy or jax leaves); passed to `init` and to every `update`.
+        grads_seq: the gradient trees, one per step (e.g. from `grad_sequence`); numpy leaves are
+            converted with `jnp.asarray`, keeping their dtype (float64 needs x64 enabled).
+        jit: run all steps as one jitted `jax.lax.scan` over `tx.update` (one compilation, one
+            dispatch) instead of eager Python-loop updates. `tx.update` is then traced once, so
+            Python-side checks in it run once, on abstract values.
+        state: start from this state instead of `tx.init(params)`.
+        apply: if True, apply each step's updates to the params (`p + u`, cast back to the param's
+            dtype) before the next step, as an optimizer loop does; otherwise the params stay fixed.
+        **extra_args: passed to every `update` call.
+
+    Returns:
+        A `Trajectory`: `traj[k]` is the update tree of step `k` as numpy arrays (dtype kept, e.g.
+        bfloat16); `traj.state` is the final state (jax arrays); `traj.params` the final params.
+    """
+    params = jax.tree.map(jnp.asarray, params)
+    if state is None:
+        state = tx.init(params)
+    out = Trajectory()
+    if not grads_seq:
+        out.state, out.params, out.param_history = state, params, []
+        return out
+
+    def step(carry, grads):
+        state, params = carry
+        updates, state = tx.update(grads, state, params, **extra_args)
+        new_params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates) if apply else params
+        return (state, new_params), (updates, params)
+
+    if jit:
+        # One compiled scan over the steps: a single dispatch instead of one per step.
+        treedef = jax.tree.structure(grads_seq[0])
+        stacked = treedef.unflatten(
+            [
+                jnp.asarray(np.stack(leaves))
+                for leaves in zip(*(treedef.flatten_up_to(g) for g in grads_seq), strict=True)
+            ]
+        )
+        (state, params), (updates, history) = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs))((state, params), stacked)
+        updates, history = jax.device_get((updates, history))
+        n = len(grads_seq)
+        out.extend(jax.tree.map(lambda x, k=k: x[k], updates) for k in range(n))
+        out.param_history = [jax.tree.map(lambda x, k=k: x[k], history) for k in range(n)]
+    else:
+        out.param_history = []
+        for grads in grads_seq:
+            (state, new_params), (updates, _) = step((state, params), jax.tree.map(jnp.asarray, grads))
+            out.param_history.append(jax.device_get(params))
+            out.append(jax.device_get(updates))
+            params = new_params
+    out.state = state
+    out.params = params
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# References (float64 numpy, one leaf at a time)
+# ----------------------------------------------------------------------------------------------
+
+
+def _wide(g: Any) -> np.ndarray:
+    """The gradient in float64 (complex128 for complex input)."""
+    g = np.asarray(g)
+    return g.astype(np.complex128 if np.iscomplexobj(g) else np.float64)
+
+
+def abs_sq(g: np.ndarray) -> np.ndarray:
+    """$|g|^2 = g \\bar g$, real, element-wise."""
+    return (g * np.conj(g)).real if np.iscomplexobj(g) else g * g
+
+
+def _at(value: float | Schedule, step: int) -> float:
+    return float(value(step)) if callable(value) else float(value)
+
+
+def ref_scale(grads: Sequence[Any], step_size: float | Schedule) -> list[np.ndarray]:
+    """$u_t = s\\, g_t$; `step_size` a number or a schedule of the 0-based step."""
+    return [_at(step_size, k) * _wide(g) for k, g in enumerate(grads)]
+
+
+def ref_trace(
+    grads: Sequence[Any], decay: float, *, nesterov: bool = False, dampening: float = 0.0
+) -> list[np.ndarray]:
+    """Heavy-ball momentum with PyTorch's dampening (`torch.optim.SGD`'s buffer).
+
+    $v_1 = g_1$, $v_t = \\beta v_{t-1} + (1-\\tau) g_t$; $u_t = v_t$, or $g_t + \\beta v_t$ (Nesterov).
+    """
+    out, v = [], None
+    for g in map(_wide, grads):
+        v = g if v is None else decay * v + (1 - dampening) * g
+        out.append(g + decay * v if nesterov else v)
+    return out
+
+
+def ref_ema(grads: Sequence[Any], decay: float, *, debias: bool = True) -> list[np.ndarray]:
+    """$m_t = \\beta m_{t-1} + (1-\\beta) g_t$, $u_t = m_t / (1-\\beta^t)$ (debiased) or $m_t$."""
+    out, m = [], 0.0
+    for t, g in enumerate(map(_wide, grads), 1):
+        m = decay * m + (1 - decay) * g
+        out.append(m / (1 - decay**t) if debias else m)
+    return out
+
+
+def _denominator(v: np.ndarray, eps: float, eps_in_sqrt: bool) -> np.ndarray:
+    return np.sqrt(v + eps) if eps_in_sqrt else np.sqrt(v) + eps
+
+
+def ref_rss(
+    grads: Sequence[Any], initial_accumulator_value: float = 0.1, eps: float = 1e-7, *, eps_in_sqrt: bool = True
+) -> list[np.ndarray]:
+    """AdaGrad: $s_t = s_{t-1} + |g_t|^2$ ($s_0$ given), $u_t = g_t / \\sqrt{s_t+\\epsilon}$ or
+    $g_t / (\\sqrt{s_t} + \\epsilon)$; 0 where the denominator is 0."""
+    out, s = [], float(initial_accumulator_value)
+    for g in map(_wide, grads):
+        s = s + abs_sq(g)
+        d = _denominator(s, eps, eps_in_sqrt)
+        out.append(np.where(d > 0, g / np.where(d > 0, d, 1.0), 0.0))
+    return out
+
+
+def ref_rms(
+    grads: Sequence[Any],
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    *,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    bias_correction: bool = False,
+) -> list[np.ndarray]:
+    """RMSProp (Tieleman & Hinton 2012), centered variant (Graves 2013), optional bias correction.
+
+    $\\nu_t = \\rho \\nu_{t-1} + (1-\\rho)|g_t|^2$ ($\\nu_0$ = `initial_scale`),
+    $\\mu_t = \\rho \\mu_{t-1} + (1-\\rho) g_t$ ($\\mu_0 = 0$, centered only); with bias correction both
+    are divided by $c_t = 1-\\rho^t$; $v_t = \\max(\\hat\\nu_t - |\\hat\\mu_t|^2, 0)$ (centered) or
+    $\\hat\\nu_t$; $u_t = g_t / \\sqrt{v_t + \\epsilon}$ or $g_t / (\\sqrt{v_t} + \\epsilon)$.
+    """
+    out, nu, mu = [], float(initial_scale), 0.0
+    for t, g in enumerate(map(_wide, grads), 1):
+        nu = decay * nu + (1 - decay) * abs_sq(g)
+        c = (1 - decay**t) if bias_correction else 1.0
+        v = nu / c
+        if centered:
+            mu = decay * mu + (1 - decay) * g
+            v = np.maximum(v - abs_sq(mu / c), 0.0)
+        out.append(g / _denominator(v, eps, eps_in_sqrt))
+    return out
+
+
+def ref_adam(
+    grads: Sequence[Any],
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    nesterov: bool = False,
+    bias_correction: bool = True,
+) -> list[np.ndarray]:
+    """Adam (Kingma & Ba 2015), NAdam first moment (Dozat 2016) with `nesterov`.
+
+    $\\mu_t = \\beta_1\\mu_{t-1} + (1-\\beta_1) g_t$, $\\nu_t = \\beta_2\\nu_{t-1} + (1-\\beta_2)|g_t|^2$,
+    $\\hat\\mu_t = \\mu_t/(1-\\beta_1^t)$, or with Nesterov
+    $\\beta_1\\mu_t/(1-\\beta_1^{t+1}) + (1-\\beta_1) g_t/(1-\\beta_1^t)$; $\\hat\\nu_t = \\nu_t/(1-\\beta_2^t)$;
+    $u_t = \\hat\\mu_t / (\\sqrt{\\hat\\nu_t + \\epsilon_{root}} + \\epsilon)$. Without bias correction every
+    $1-\\beta^k$ above is 1.
+    """
+    out, mu, nu = [], 0.0, 0.0
+    for t, g in enumerate(map(_wide, grads), 1):
+        mu = b1 * mu + (1 - b1) * g
+        nu = b2 * nu + (1 - b2) * abs_sq(g)
+        c1 = (lambda k: 1 - b1**k) if bias_correction else (lambda k: 1.0)
+        c2 = (1 - b2**t) if bias_correction else 1.0
+        mu_hat = b1 * mu / c1(t + 1) + (1 - b1) * g / c1(t) if nesterov else mu / c1(t)
+        out.append(mu_hat / (np.sqrt(nu / c2 + eps_root) + eps))
+    return out
+
+
+def ref_amsgrad(
+    grads: Sequence[Any],
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    debias_before_max: bool = True,
+) -> list[np.ndarray]:
+    """AMSGrad (Reddi et al. 2018): Adam with a running maximum of the second moment.
+
+    `debias_before_max=True` (optax): $m_t = \\max(m_{t-1}, \\nu_t/(1-\\beta_2^t))$, denominator
+    $\\sqrt{m_t + \\epsilon_{root}} + \\epsilon$. `False` (PyTorch): $m_t = \\max(m_{t-1}, \\nu_t)$,
+    denominator $\\sqrt{m_t/(1-\\beta_2^t) + \\epsilon_{root}} + \\epsilon$. Numerator $\\mu_t/(1-\\beta_1^t)$.
+    """
+    out, mu, nu, m = [], 0.0, 0.0, 0.0
+    for t, g in enumerate(map(_wide, grads), 1):
+        mu = b1 * mu + (1 - b1) * g
+        nu = b2 * nu + (1 - b2) * abs_sq(g)
+        c2 = 1 - b2**t
+        if debias_before_max:
+            m = np.maximum(m, nu / c2)
+            nu_hat = m
+        else:
+            m = np.maximum(m, nu)
+            nu_hat = m / c2
+        out.append(mu / (1 - b1**t) / (np.sqrt(nu_hat + eps_root) + eps))
+    return out
+
+
+def ref_adamax(grads: Sequence[Any], b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> list[np.ndarray]:
+    """AdaMax (Kingma & Ba 2015, section 7.1), eps inside the max as in optax and PyTorch.
+
+    $\\mu_t = \\beta_1\\mu_{t-1} + (1-\\beta_1) g_t$, $\\nu_t = \\max(\\beta_2 \\nu_{t-1}, |g_t| + \\epsilon)$,
+    $u_t = \\mu_t / ((1-\\beta_1^t)\\nu_t)$.
+    """
+    out, mu, nu = [], 0.0, 0.0
+    for t, g in enumerate(map(_wide, grads), 1):
+        mu = b1 * mu + (1 - b1) * g
+        nu = np.maximum(b2 * nu, np.abs(g) + eps)
+        out.append(mu / (1 - b1**t) / nu)
+    return out
+
+
+def ref_decay(grads: Sequence[Any], params: Any, weight_decay: float | Schedule) -> list[np.ndarray]:
+    """Weight decay / L2 gradient: $u_t = g_t + \\lambda_t p_t$.
+
+    Args:
+        grads: the leaf's gradients, one per step.
+        params: the leaf's params: one array (fixed for every step) or a list with one per step.
+        weight_decay: $\\lambda$, a number or a schedule of the 0-based step.
+    """
+    if isinstance(params, (list, tuple)):
+        ps = [_wide(p) for p in params]
+    else:
+        ps = [_wide(params)] * len(grads)
+    return [_wide(g) + _at(weight_decay, k) * p for k, (g, p) in enumerate(zip(grads, ps, strict=True))]
+
+
+def ref_clip(grads: Sequence[Any], max_delta: float) -> list[np.ndarray]:
+    """$u_t = \\min(\\max(g_t, -\\delta), \\delta)$ element-wise (real gradients only)."""
+    return [np.clip(_wide(g), -max_delta, max_delta) for g in grads]
+
+
+def ref_global_norm(tree: PyTree) -> float:
+    """$\\sqrt{\\sum_{leaves}\\sum_i |g_i|^2}$ in float64."""
+    return float(np.sqrt(sum(float(np.sum(abs_sq(_wide(x)))) for x in jax.tree.leaves(tree))))
+
+
+def ref_clip_by_global_norm(grad_trees: Sequence[PyTree], max_norm: float, eps: float = 0.0) -> list[PyTree]:
+    """Clipping by global norm, on whole trees: $u = g \\min(1, c / (\\|g\\| + \\epsilon))$.
+
+    Written as "scale by $c/(\\|g\\|+\\epsilon)$ where that is below 1", which is the same number and
+    leaves a zero tree unchanged when $c = \\epsilon = 0$. `eps=0` is optax's form, `eps=1e-6`
+    PyTorch's `clip_grad_norm_`.
+    """
+    out = []
+    for tree in grad_trees:
+        n = ref_global_norm(tree) + eps
+        factor = max_norm / n if n > max_norm else 1.0
+        out.append(jax.tree.map(lambda g, f=factor: _wide(g) * f, tree))
+    return out
+
+
+def ref_clip_by_block_rms(grads: Sequence[Any], threshold: float) -> list[np.ndarray]:
+    """Per-leaf RMS clipping (Adafactor's update clipping): $u = g \\min(1, c / \\mathrm{rms}(g))$,
+    $\\mathrm{rms}(g) = \\sqrt{\\mathrm{mean}|g|^2}$."""
+    out = []
+    for g in map(_wide, grads):
+        rms = float(np.sqrt(np.mean(abs_sq(g)))) if g.size else 0.0
+        out.append(g * (threshold / rms if rms > threshold else 1.0))
+    return out
+
+
+def reference_tree(
+    ref_fn: Callable[..., list[np.ndarray]],
+    grads_seq: Sequence[PyTree],
+    *args: Any,
+    params: PyTree | None = None,
+    **kwargs: Any,
+) -> list[PyTree]:
+    """Apply a per-leaf reference to every leaf of a sequence of gradient trees.
+
+    Args:
+        ref_fn: one of the per-leaf `ref_*` functions (not `ref_clip_by_global_norm`).
+        grads_seq: the gradient trees, one per step.
+        *args, **kwargs: passed to `ref_fn` after the leaf's gradient list.
+        params: for `ref_decay`: a params tree (fixed), or a list of params trees (one per step);
+            the matching leaf is passed as `ref_fn`'s second argument.
+
+    Returns:
+        The list of update trees (float64 / complex128 numpy leaves).
+    """
+    treedef = jax.tree.structure(grads_seq[0])
+    per_leaf = list(zip(*(treedef.flatten_up_to(g) for g in grads_seq), strict=True))
+    if params is not None:
+        if isinstance(params, list):
+            p_leaves = list(zip(*(treedef.flatten_up_to(p) for p in params), strict=True))
+            p_leaves = [list(x) for x in p_leaves]
+        else:
+            p_leaves = treedef.flatten_up_to(params)
+        results = [ref_fn(list(gs), p, *args, **kwargs) for gs, p in zip(per_leaf, p_leaves, strict=True)]
+    else:
+        results = [ref_fn(list(gs), *args, **kwargs) for gs in per_leaf]
+    return [treedef.unflatten([r[k] for r in results]) for k in range(len(grads_seq))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparing
+# ----------------------------------------------------------------------------------------------
+
+
+def leaf_series(trees: Sequence[PyTree]) -> dict[str, list[np.ndarray]]:
+    """`{leaf path: [value at step 0, step 1, ...]}` for a sequence of trees (numpy arrays)."""
+    out: dict[str, list[np.ndarray]] = {}
+    for tree in trees:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            out.setdefault(jax.tree_util.keystr(path) or "<root>", []).append(np.asarray(leaf))
+    return out
+
+
+def _to_wide(x: Any) -> np.ndarray:
+    x = np.asarray(x)
+    if np.iscomplexobj(x):
+        return x.astype(np.complex128)
+    return x.astype(np.float64)
+
+
+def _magnitude(x: np.ndarray) -> float:
+    return float(np.max(np.abs(x), initial=0.0))
+
+
+def assert_leaf_close(
+    actual: Sequence[Any],
+    expected: Sequence[Any],
+    rtol: float,
+    *,
+    where: str = "",
+    per_step: bool = False,
+    floor: float = 1e-30,
+) -> None:
+    """Assert `actual[k] ≈ expected[k]` for every step `k` of one leaf.
+
+    The error at step `k` is `max|a_k - e_k|`; it must be at most `rtol * scale`, where `scale` is
+    the leaf's largest magnitude over the whole trajectory (`max_k max|e_k|`), or with `per_step`
+    over step `k` only (stricter where values vary a lot between steps: a step below a clipping
+    threshold, an all-zero step that must give an exactly-zero update). The whole-trajectory scale is
+    right for running averages, whose value at a step can be much smaller than the gradients that
+    formed it (float32 rounding then is relative to those gradients, not to the average). `floor`
+    keeps the scale positive. Non-finite actual values fail.
+    """
+    assert len(actual) == len(expected), f"{where}: {len(actual)} steps, expected {len(expected)}"
+    actual = [_to_wide(a) for a in actual]
+    expected = [_to_wide(e) for e in expected]
+    leaf_scale = max([_magnitude(e) for e in expected] + [floor])
+    for k, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        assert a.shape == e.shape, f"{where} step {k}: shape {a.shape}, expected {e.shape}"
+        assert np.all(np.isfinite(a)), f"{where} step {k}: non-finite values {a.ravel()[:6]}"
+        scale = max(_magnitude(e), floor) if per_step else leaf_scale
+        err = _magnitude(a - e)
+        assert err <= rtol * scale, (
+            f"{where} step {k}: max |actual - expected| = {err:.3e} > {rtol:.1e} * {scale:.3e} "
+            f"(relative error {err / scale:.3e})\n  actual:   {a.ravel()[:6]}\n  expected: {e.ravel()[:6]}"
+        )
+
+
+def assert_trajectory_close(
+    actual: Sequence[PyTree], expected: Sequence[PyTree], rtol: float, *, per_step: bool = False, floor: float = 1e-30
+) -> None:
+    """Assert two sequences of trees agree leaf by leaf and step by step (see `assert_leaf_close`).
+
+    The leaf paths must be the same; `actual` may hold any dtype (bfloat16 included).
+    """
+    assert len(actual) == len(expected), f"{len(actual)} steps, expected {len(expected)}"
+    a_series, e_series = leaf_series(actual), leaf_series(expected)
+    assert list(a_series) == list(e_series), f"leaf paths {list(a_series)}, expected {list(e_series)}"
+    for path in e_series:
+        assert_leaf_close(a_series[path], e_series[path], rtol, where=f"leaf {path}", per_step=per_step, floor=floor)
+
+
+def max_relative_error(actual: Sequence[PyTree], expected: Sequence[PyTree], *, per_step: bool = False) -> float:
+    """The largest error relative to the leaf's max magnitude, as `assert_trajectory_close` measures it."""
+    worst = 0.0
+    a_series, e_series = leaf_series(actual), leaf_series(expected)
+    for path in e_series:
+        es = [_to_wide(e) for e in e_series[path]]
+        leaf_scale = max([_magnitude(e) for e in es] + [1e-30])
+        for a, e in zip(a_series[path], es, strict=True):
+            scale = max(_magnitude(e), 1e-30) if per_step else leaf_scale
+            worst = max(worst, _magnitude(_to_wide(a) - e) / scale)
+    return worst

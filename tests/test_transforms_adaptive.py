@@ -1,0 +1,491 @@
+"""Tests for gradchain/transforms/adaptive.py: `scale_by_rss` (AdaGrad), `scale_by_rms` (RMSProp,
+centered, bias-corrected), `scale_by_adam` (Adam, NAdam form), `scale_by_amsgrad`, `scale_by_adamax`.
+
+Every flag combination runs for 100 steps on a fixed gradient sequence over a tree of four
+leaves of different shapes and magnitudes, and is compared step by step with a float64 numpy
+transcription of its formula (tests/reference.py) and, where optax defines the same thing, with
+optax. The leaf magnitudes (1, 1e-3, 10, 0.1) and the eps values are chosen so that every eps and
+every flag changes the result by far more than the tolerance (checked by
+`test_reference_comparison_detects_a_flag_change`). PyTorch's conventions (eps outside the root,
+AMSGrad's maximum before debiasing) are checked against numpy here and against torch by the
+optimizer tests. Most tests run the update eagerly, which reuses compiled primitives across tests
+and keeps the file fast; `test_jitted_update_matches_numpy_reference` runs one case per ingredient
+as a single compiled scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from reference import (
+    TREE_SCALES,
+    TREE_SHAPES,
+    assert_trajectory_close,
+    grad_sequence,
+    param_tree,
+    ref_adam,
+    ref_adamax,
+    ref_amsgrad,
+    ref_rms,
+    ref_rss,
+    reference_tree,
+    run_transform,
+    stored,
+    x64_enabled,
+)
+
+import gradchain as gc
+
+N_STEPS = 100
+RTOL = 1e-6  # float32, relative to the leaf's largest magnitude over the run
+RTOL64 = 1e-12
+# optax computes Adam's bias correction 1 - b2**t directly in float32, which loses digits for b2
+# close to 1 (about 1e-5 relative at t = 2 with b2 = 0.999); gradchain computes -expm1(t log b2)
+# and matches the float64 reference to ~3e-7, so against optax the tolerance is optax's error.
+OPTAX_BIAS_RTOL = 2e-5
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+# Scaled leaves make eps visible (on leaf "b", sqrt(nu) ~ 1e-3). The first step and one step in the
+# middle are all-zero: a zero gradient must give a zero update while the count (and so the bias
+# correction) moves on. Starting with a zero step also keeps centered RMSProp with bias correction
+# well conditioned: from nu_0 = 0 a non-zero first gradient makes nu_hat - |mu_hat|^2 exactly 0 in
+# exact arithmetic, and the square root of float32 rounding noise (~1e-7 g^2) would dominate.
+STEP_SCALES = [0.0 if k in (0, 50) else 1.0 for k in range(N_STEPS)]
+
+
+def make_grads(dtype: Any = np.float32, seed: int = 0, scales: Any = TREE_SCALES) -> list:
+    return grad_sequence(TREE_SHAPES, N_STEPS, seed=seed, dtype=dtype, leaf_scales=scales, step_scales=STEP_SCALES)
+
+
+GRADS = make_grads()
+PARAMS = param_tree(TREE_SHAPES)
+
+B1, B2 = 0.9, 0.999
+ADAM_EPS, ADAM_EPS_ROOT = 1e-6, 1e-8  # both visible on leaf "b" (nu ~ 1e-6)
+# RMSProp's decay: 1 - 0.875 is a power of two, so the first step's moments are exact in float32.
+RMS_DECAY = 0.875
+
+
+@pytest.fixture
+def x64():
+    with x64_enabled():
+        yield
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    make: Callable[..., Any]  # make(**extra) -> gradchain transformation
+    reference: Callable[[list], list]  # gradient trees -> expected update trees (float64)
+    optax: Callable[[], Any] | None  # optax with the same arguments, where it has them
+    hyperparams: dict[str, float]
+    buffers: tuple[str, ...]  # per-parameter state fields
+    real_buffers: tuple[str, ...]  # those kept real for complex params (accumulators of |g|^2)
+    optax_rtol: float = RTOL
+
+
+def rss_case(eps_in_sqrt: bool, initial: float) -> Case:
+    eps = 1e-7
+    return Case(
+        f"rss-eps_in_sqrt={eps_in_sqrt}-initial={initial}",
+        lambda **kw: gc.scale_by_rss(initial, eps, eps_in_sqrt=eps_in_sqrt, **kw),
+        lambda g: reference_tree(ref_rss, g, stored(initial), stored(eps), eps_in_sqrt=eps_in_sqrt),
+        (lambda: optax.scale_by_rss(initial, eps)) if eps_in_sqrt else None,
+        {"eps": eps},
+        ("sum_of_squares",),
+        ("sum_of_squares",),
+    )
+
+
+def rms_case(eps_in_sqrt: bool, centered: bool, bias_correction: bool, initial_scale: float) -> Case:
+    eps = 1e-8
+    flags = dict(eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction)
+    optax_fn = optax.scale_by_stddev if centered else optax.scale_by_rms
+    return Case(
+        f"rms-eps_in_sqrt={eps_in_sqrt}-centered={centered}-bias_correction={bias_correction}-initial={initial_scale}",
+        lambda **kw: gc.scale_by_rms(RMS_DECAY, eps, initial_scale, centered=centered, **flags, **kw),
+        lambda g: reference_tree(
+            ref_rms, g, stored(RMS_DECAY), stored(eps), stored(initial_scale), centered=centered, **flags
+        ),
+        lambda: optax_fn(RMS_DECAY, eps, initial_scale, **flags),
+        {"decay": RMS_DECAY, "eps": eps},
+        ("nu", "mu") if centered else ("nu",),
+        ("nu",),
+    )
+
+
+def adam_case(nesterov: bool, bias_correction: bool) -> Case:
+    return Case(
+        f"adam-nesterov={nesterov}-bias_correction={bias_correction}",
+        lambda **kw: gc.scale_by_adam(
+            B1, B2, ADAM_EPS, ADAM_EPS_ROOT, nesterov=nesterov, bias_correction=bias_correction, **kw
+        ),
+        lambda g: reference_tree(
+            ref_adam,
+            g,
+            stored(B1),
+            stored(B2),
+            stored(ADAM_EPS),
+            stored(ADAM_EPS_ROOT),
+            nesterov=nesterov,
+            bias_correction=bias_correction,
+        ),
+        (lambda: optax.scale_by_adam(B1, B2, ADAM_EPS, ADAM_EPS_ROOT, nesterov=nesterov)) if bias_correction else None,
+        {"b1": B1, "b2": B2, "eps": ADAM_EPS, "eps_root": ADAM_EPS_ROOT},
+        ("mu", "nu"),
+        ("nu",),
+        OPTAX_BIAS_RTOL,
+    )
+
+
+def amsgrad_case(debias_before_max: bool) -> Case:
+    return Case(
+        f"amsgrad-debias_before_max={debias_before_max}",
+        lambda **kw: gc.scale_by_amsgrad(B1, B2, ADAM_EPS, ADAM_EPS_ROOT, debias_before_max=debias_before_max, **kw),
+        lambda g: reference_tree(
+            ref_amsgrad,
+            g,
+            stored(B1),
+            stored(B2),
+            stored(ADAM_EPS),
+            stored(ADAM_EPS_ROOT),
+            debias_before_max=debias_before_max,
+        ),
+        (lambda: optax.scale_by_amsgrad(B1, B2, ADAM_EPS, ADAM_EPS_ROOT)) if debias_before_max else None,
+        {"b1": B1, "b2": B2, "eps": ADAM_EPS, "eps_root": ADAM_EPS_ROOT},
+        ("mu", "nu", "nu_max"),
+        ("nu", "nu_max"),
+        OPTAX_BIAS_RTOL,
+    )
+
+
+def adamax_case(eps: float = ADAM_EPS) -> Case:
+    return Case(
+        f"adamax-eps={eps}",
+        lambda **kw: gc.scale_by_adamax(B1, B2, eps, **kw),
+        lambda g: reference_tree(ref_adamax, g, stored(B1), stored(B2), stored(eps)),
+        lambda: optax.scale_by_adamax(B1, B2, eps),
+        {"b1": B1, "b2": B2, "eps": eps},
+        ("mu", "nu"),
+        ("nu",),
+    )
+
+
+CASES = (
+    [rss_case(e, i) for e, i in itertools.product([True, False], [0.0, 0.1])]
+    + [rms_case(*flags) for flags in itertools.product([True, False], [True, False], [True, False], [0.0, 0.5])]
+    + [adam_case(n, b) for n, b in itertools.product([False, True], [True, False])]
+    + [amsgrad_case(d) for d in [True, False]]
+    + [adamax_case()]
+)
+CASE_IDS = [c.id for c in CASES]
+OPTAX_CASES = [c for c in CASES if c.optax is not None]
+# One case per ingredient (with its most involved flags) for the tests that need not repeat all.
+REPRESENTATIVE = [
+    rss_case(False, 0.1),
+    rms_case(True, False, True, 0.5),
+    rms_case(False, True, True, 0.0),
+    adam_case(True, True),
+    amsgrad_case(False),
+    adamax_case(),
+]
+REPRESENTATIVE_IDS = [c.id for c in REPRESENTATIVE]
+
+
+def _case(case_id: str) -> Case:
+    return CASES[CASE_IDS.index(case_id)]
+
+
+@functools.cache
+def _gradchain_run(case_id: str):
+    # Eager updates: the compiled primitives are shared by all cases, so 27 cases cost little.
+    return run_transform(_case(case_id).make(), PARAMS, GRADS, jit=False)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_matches_numpy_reference(case: Case):
+    assert_trajectory_close(_gradchain_run(case.id), case.reference(GRADS), RTOL)
+
+
+@pytest.mark.parametrize("case", REPRESENTATIVE, ids=REPRESENTATIVE_IDS)
+def test_jitted_update_matches_numpy_reference(case: Case):
+    # The same 100 steps as one compiled `lax.scan`: XLA fuses the rule differently, same tolerance.
+    run = run_transform(case.make(), PARAMS, GRADS, jit=True)
+    assert_trajectory_close(run, case.reference(GRADS), RTOL)
+
+
+@pytest.mark.parametrize("case", OPTAX_CASES, ids=[c.id for c in OPTAX_CASES])
+def test_matches_optax(case: Case):
+    expected = run_transform(case.optax(), PARAMS, GRADS, jit=False)
+    assert_trajectory_close(_gradchain_run(case.id), expected, case.optax_rtol)
+
+
+FLAG_CHANGES = [
+    ("rss-eps_in_sqrt=True-initial=0.0", rss_case(False, 0.0)),
+    ("rss-eps_in_sqrt=True-initial=0.0", rss_case(True, 0.1)),
+    ("rms-eps_in_sqrt=True-centered=False-bias_correction=False-initial=0.0", rms_case(False, False, False, 0.0)),
+    ("rms-eps_in_sqrt=True-centered=False-bias_correction=False-initial=0.0", rms_case(True, True, False, 0.0)),
+    ("rms-eps_in_sqrt=True-centered=False-bias_correction=False-initial=0.0", rms_case(True, False, True, 0.0)),
+    ("rms-eps_in_sqrt=True-centered=False-bias_correction=False-initial=0.0", rms_case(True, False, False, 0.5)),
+    ("adam-nesterov=False-bias_correction=True", adam_case(True, True)),
+    ("adam-nesterov=False-bias_correction=True", adam_case(False, False)),
+    ("amsgrad-debias_before_max=True", amsgrad_case(False)),
+    ("amsgrad-debias_before_max=True", adam_case(False, True)),
+    (f"adamax-eps={ADAM_EPS}", adamax_case(1e-4)),
+]
+
+
+@pytest.mark.parametrize("case_id, other", FLAG_CHANGES, ids=[f"{a}-vs-{b.id}" for a, b in FLAG_CHANGES])
+def test_reference_comparison_detects_a_flag_change(case_id: str, other: Case):
+    with pytest.raises(AssertionError):
+        assert_trajectory_close(_gradchain_run(case_id), other.reference(GRADS), RTOL)
+
+
+@pytest.mark.parametrize("swap", ["eps", "eps_root"])
+def test_reference_comparison_tells_eps_from_eps_root(swap: str):
+    # eps outside the root and eps_root inside it: moving the value from one to the other must show.
+    moved = {"eps": (0.0, ADAM_EPS + ADAM_EPS_ROOT), "eps_root": (ADAM_EPS + ADAM_EPS_ROOT, 0.0)}[swap]
+    expected = reference_tree(ref_adam, GRADS, stored(B1), stored(B2), stored(moved[0]), stored(moved[1]))
+    with pytest.raises(AssertionError):
+        assert_trajectory_close(_gradchain_run("adam-nesterov=False-bias_correction=True"), expected, RTOL)
+
+
+@pytest.mark.parametrize("case", REPRESENTATIVE, ids=REPRESENTATIVE_IDS)
+def test_float64_matches_reference(x64, case: Case):
+    grads = make_grads(np.float64)
+    run = run_transform(case.make(), param_tree(TREE_SHAPES, dtype=np.float64), grads, jit=False)
+    assert all(u.dtype == np.float64 for u in jax.tree.leaves(run[-1]))
+    for name in case.buffers:
+        assert all(b.dtype == jnp.float64 for b in jax.tree.leaves(getattr(run.state, name)))
+    assert all(v.dtype == jnp.float64 for v in gc.hyperparams(run.state).values())
+    assert_trajectory_close(run, case.reference(grads), RTOL64)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("case", REPRESENTATIVE, ids=REPRESENTATIVE_IDS)
+def test_low_precision_default_state_matches_param_dtype(case: Case, dtype):
+    steps = 30
+    # An all-zero first step: 0 / (0 + eps) must be 0, not NaN (eps is added in float32).
+    grads = grad_sequence(TREE_SHAPES, steps, seed=3, dtype=dtype, step_scales=[0.0] + [1.0] * (steps - 1))
+    run = run_transform(case.make(), param_tree(TREE_SHAPES, dtype=dtype), grads, jit=False)
+    assert all((u == 0).all() for u in jax.tree.leaves(run[0]))
+    for updates in run:
+        assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
+    for name in case.buffers:
+        # float16 cannot hold squared gradients, so those accumulators default to float32.
+        want = jnp.float32 if dtype == jnp.float16 and name in case.real_buffers else dtype
+        assert all(b.dtype == want for b in jax.tree.leaves(getattr(run.state, name))), name
+    # The buffers are rounded to `dtype` at every step: the trajectory stays within a few ulps.
+    assert_trajectory_close(run, case.reference(grads), 16 * float(jnp.finfo(dtype).eps))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32], ids=["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gc.scale_by_rss(0.0, 0.0),
+        lambda: gc.scale_by_rss(0.0, 1e-7),
+        lambda: gc.scale_by_rss(0.0, 1e-10, eps_in_sqrt=False),
+        lambda: gc.scale_by_rms(),
+        lambda: gc.scale_by_rms(centered=True, bias_correction=True),
+        lambda: gc.scale_by_adam(),
+        lambda: gc.scale_by_adam(nesterov=True),
+        lambda: gc.scale_by_amsgrad(),
+        lambda: gc.scale_by_adamax(),
+    ],
+    ids=["rss-eps=0", "rss", "rss-torch", "rms", "rms-centered", "adam", "nadam", "amsgrad", "adamax"],
+)
+def test_all_zero_gradient_steps_give_zero_updates(make, dtype):
+    tx = make()
+    params = {"a": jnp.zeros((), dtype), "b": jnp.zeros((3, 2), dtype)}
+    state = tx.init(params)
+    for _ in range(2):
+        updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+        for u in jax.tree.leaves(updates):
+            assert u.dtype == dtype
+            assert (np.asarray(u, np.float32) == 0).all()
+
+
+@pytest.mark.parametrize("case", [adam_case(True, True), amsgrad_case(False)], ids=["adam", "amsgrad"])
+def test_float32_moments_for_bfloat16_params(case: Case):
+    steps = 40
+    grads = grad_sequence(TREE_SHAPES, steps, seed=4, dtype=jnp.bfloat16, leaf_scales=TREE_SCALES)
+    run = run_transform(
+        case.make(mu_dtype=jnp.float32, nu_dtype=jnp.float32),
+        param_tree(TREE_SHAPES, dtype=jnp.bfloat16),
+        grads,
+        jit=False,
+    )
+    for name in case.buffers:
+        assert all(b.dtype == jnp.float32 for b in jax.tree.leaves(getattr(run.state, name))), name
+    for updates in run:
+        assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+    # Float32 moments: the only bfloat16 rounding is the final cast of the update (half an ulp, at
+    # most 2^-8 relative); the reference sees exactly the bfloat16 gradients.
+    assert_trajectory_close(run, case.reference(grads), float(jnp.finfo(jnp.bfloat16).eps) / 2 + RTOL)
+
+
+def test_float32_moments_choose_dtypes_independently():
+    params = {"w": jnp.zeros(3, jnp.bfloat16)}
+    state = gc.scale_by_adam(mu_dtype=jnp.float32).init(params)
+    assert state.mu["w"].dtype == jnp.float32 and state.nu["w"].dtype == jnp.bfloat16
+    state = gc.scale_by_amsgrad(nu_dtype=jnp.float32).init(params)
+    assert state.mu["w"].dtype == jnp.bfloat16
+    assert state.nu["w"].dtype == jnp.float32 and state.nu_max["w"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("g", [1e-3, 2e-3], ids=["1e-3", "2e-3"])
+def test_float16_adam_small_gradient_then_zero_gradient(g: float):
+    params = {"w": jnp.zeros(3, jnp.float16)}
+    grads = [{"w": np.full(3, g, np.float16)}, {"w": np.zeros(3, np.float16)}]
+    run = run_transform(gc.scale_by_adam(), params, grads, jit=False)
+    expected = reference_tree(ref_adam, grads, stored(B1), stored(B2), stored(1e-8))
+    assert_trajectory_close(run, expected, float(jnp.finfo(jnp.float16).eps), per_step=True)
+
+
+@pytest.mark.parametrize("case", REPRESENTATIVE, ids=REPRESENTATIVE_IDS)
+def test_complex_params(case: Case):
+    grads = make_grads(np.complex64, seed=5)
+    run = run_transform(case.make(), param_tree(TREE_SHAPES, dtype=np.complex64), grads, jit=False)
+    assert all(u.dtype == np.complex64 for u in jax.tree.leaves(run[-1]))
+    for name in case.buffers:
+        expected_dtype = jnp.float32 if name in case.real_buffers else jnp.complex64
+        assert all(b.dtype == expected_dtype for b in jax.tree.leaves(getattr(run.state, name))), name
+    # The reference uses |g|^2 = g conj(g); a rule that used g^2 would be complex and fail here.
+    assert_trajectory_close(run, case.reference(grads), RTOL)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_hyperparams_in_state(case: Case):
+    hp = gc.hyperparams(_gradchain_run(case.id).state)
+    assert set(hp) == set(case.hyperparams)
+    for name, value in case.hyperparams.items():
+        assert float(hp[name]) == stored(value), name
+
+
+def test_initial_values_are_static_not_hyperparameters():
+    state = gc.scale_by_rss(initial_accumulator_value=0.25).init({"w": jnp.zeros(2)})
+    assert set(gc.hyperparams(state)) == {"eps"}
+    assert (state.sum_of_squares["w"] == 0.25).all()
+    state = gc.scale_by_rms(initial_scale=0.5, centered=True).init({"w": jnp.zeros(2)})
+    assert set(gc.hyperparams(state)) == {"decay", "eps"}
+    assert (state.nu["w"] == 0.5).all() and (state.mu["w"] == 0).all()
+
+
+BAD_ARGS = [
+    (lambda: gc.scale_by_rss(-0.1), ValueError, "initial_accumulator_value"),
+    (lambda: gc.scale_by_rss(float("nan")), ValueError, "initial_accumulator_value"),
+    (lambda: gc.scale_by_rss(float("inf")), ValueError, "initial_accumulator_value"),
+    (lambda: gc.scale_by_rss(0.1, -1e-7), ValueError, "eps"),
+    (lambda: gc.scale_by_rss(0.1, float("nan")), ValueError, "eps"),
+    (lambda: gc.scale_by_rss(0.1, "1e-7"), TypeError, "eps"),
+    (lambda: gc.scale_by_rms(1.0), ValueError, "decay"),
+    (lambda: gc.scale_by_rms(-0.1), ValueError, "decay"),
+    (lambda: gc.scale_by_rms(float("nan")), ValueError, "decay"),
+    (lambda: gc.scale_by_rms(0.9, -1e-8), ValueError, "eps"),
+    (lambda: gc.scale_by_rms(0.9, float("inf")), ValueError, "eps"),
+    (lambda: gc.scale_by_rms(0.9, 1e-8, -1.0), ValueError, "initial_scale"),
+    (lambda: gc.scale_by_rms("0.9"), TypeError, "decay"),
+    (lambda: gc.scale_by_adam(b1=1.0), ValueError, "b1"),
+    (lambda: gc.scale_by_adam(b1=-0.1), ValueError, "b1"),
+    (lambda: gc.scale_by_adam(b1=float("nan")), ValueError, "b1"),
+    (lambda: gc.scale_by_adam(b2=1.0), ValueError, "b2"),
+    (lambda: gc.scale_by_adam(b2=float("inf")), ValueError, "b2"),
+    (lambda: gc.scale_by_adam(eps=-1e-8), ValueError, "eps"),
+    (lambda: gc.scale_by_adam(eps=float("nan")), ValueError, "eps"),
+    (lambda: gc.scale_by_adam(eps_root=-1e-8), ValueError, "eps_root"),
+    (lambda: gc.scale_by_adam(b1="0.9"), TypeError, "b1"),
+    (lambda: gc.scale_by_adam(mu_dtype=jnp.int32), TypeError, "mu_dtype"),
+    (lambda: gc.scale_by_adam(nu_dtype=jnp.int32), TypeError, "nu_dtype"),
+    (lambda: gc.scale_by_adam(nu_dtype="not a dtype"), TypeError, "nu_dtype"),
+    (lambda: gc.scale_by_amsgrad(b1=1.0), ValueError, "b1"),
+    (lambda: gc.scale_by_amsgrad(b2=-0.1), ValueError, "b2"),
+    (lambda: gc.scale_by_amsgrad(eps=-1.0), ValueError, "eps"),
+    (lambda: gc.scale_by_amsgrad(eps_root=float("-inf")), ValueError, "eps_root"),
+    (lambda: gc.scale_by_amsgrad(mu_dtype=jnp.int32), TypeError, "mu_dtype"),
+    (lambda: gc.scale_by_amsgrad(nu_dtype=jnp.bool_), TypeError, "nu_dtype"),
+    (lambda: gc.scale_by_amsgrad(b2="0.999"), TypeError, "b2"),
+    (lambda: gc.scale_by_adamax(b1=1.0), ValueError, "b1"),
+    (lambda: gc.scale_by_adamax(b2=-0.1), ValueError, "b2"),
+    (lambda: gc.scale_by_adamax(eps=-1e-8), ValueError, "eps"),
+    (lambda: gc.scale_by_adamax(eps=float("nan")), ValueError, "eps"),
+    (lambda: gc.scale_by_adamax(b1=None), TypeError, "b1"),
+]
+
+
+@pytest.mark.parametrize("make, error, match", BAD_ARGS)
+def test_bad_arguments_raise(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+@pytest.mark.parametrize("case", REPRESENTATIVE, ids=REPRESENTATIVE_IDS)
+@pytest.mark.parametrize("bad", [jnp.ones(3, jnp.int32), jnp.ones(3, bool)], ids=["int32", "bool"])
+def test_integer_or_boolean_params_raise_at_init(case: Case, bad):
+    with pytest.raises(TypeError, match=r"\['b'\]"):
+        case.make().init({"a": jnp.ones(2), "b": bad})
+
+
+MISMATCHED_UPDATES = [
+    ({"a": jnp.ones(2), "b": jnp.ones(4)}, r"\['b'\].*\(4,\).*\(3,\)"),  # a leaf of another shape
+    ({"a": jnp.ones(2)}, r"\['b'\]"),  # a missing leaf
+    ({"a": jnp.ones(2), "b": jnp.ones(3), "c": jnp.ones(1)}, r"\['c'\]"),  # an extra leaf
+    ([jnp.ones(2), jnp.ones(3)], r"\['a'\]"),  # another container
+]
+
+
+@pytest.mark.parametrize("case", REPRESENTATIVE, ids=REPRESENTATIVE_IDS)
+@pytest.mark.parametrize("updates, match", MISMATCHED_UPDATES, ids=["shape", "missing", "extra", "container"])
+def test_updates_that_do_not_match_the_state_raise(case: Case, updates, match):
+    tx = case.make()
+    state = tx.init({"a": jnp.ones(2), "b": jnp.ones(3)})
+    with pytest.raises(ValueError, match=match):
+        tx.update(updates, state)
+
+
+SATURATION = [
+    # (case, reference once 1 - b^t == 1: the bias corrections vanish at t = 2^31)
+    (
+        adam_case(False, True),
+        lambda g: ref_adam(g, stored(B1), stored(B2), stored(ADAM_EPS), stored(ADAM_EPS_ROOT), bias_correction=False),
+    ),
+    (
+        adam_case(True, True),
+        lambda g: ref_adam(
+            g, stored(B1), stored(B2), stored(ADAM_EPS), stored(ADAM_EPS_ROOT), nesterov=True, bias_correction=False
+        ),
+    ),
+    (rms_case(True, True, True, 0.0), lambda g: ref_rms(g, stored(RMS_DECAY), stored(1e-8), centered=True)),
+    (amsgrad_case(True), None),
+    (amsgrad_case(False), None),
+    (adamax_case(), None),
+    (rss_case(True, 0.1), None),
+]
+
+
+@pytest.mark.parametrize("case, unbiased", SATURATION, ids=[c.id for c, _ in SATURATION])
+def test_count_saturates(case: Case, unbiased):
+    tx = case.make()
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)._replace(count=jnp.asarray(INT32_MAX - 1, jnp.int32))
+    update = jax.jit(tx.update)
+    grads = [np.array([2.0, -1.0, 0.5], np.float32) * (k + 1) for k in range(3)]
+    outputs = []
+    for g in grads:
+        updates, state = update({"w": jnp.asarray(g)}, state, params)
+        outputs.append(np.asarray(updates["w"]))
+        assert np.isfinite(outputs[-1]).all()
+    assert state.count.dtype == jnp.int32
+    assert int(state.count) == INT32_MAX
+    if unbiased is not None:
+        for a, e in zip(outputs, unbiased(grads), strict=True):
+            np.testing.assert_allclose(a, e, rtol=RTOL, atol=0)
