@@ -16,6 +16,7 @@ from typing import Any
 import jax
 from jax.typing import DTypeLike
 
+from gradchain import schedules
 from gradchain._base import GradientTransformation, chain
 from gradchain._checks import check
 from gradchain.transforms.adaptive import (
@@ -146,8 +147,7 @@ def adagrad(
         check("adagrad: lr_decay", lr_decay, "nonnegative")
         if callable(learning_rate):
             raise ValueError("adagrad: lr_decay needs a constant learning_rate; fold the decay into the schedule")
-        base, decay = learning_rate, lr_decay
-        learning_rate = lambda count: base / (1 + decay * count)  # noqa: E731
+        learning_rate = schedules.inverse_time_decay(learning_rate, lr_decay)
     return _recipe(
         _l2(weight_decay),
         scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=eps_in_sqrt),
