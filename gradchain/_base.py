@@ -9,6 +9,8 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from gradchain import tree as tree_util
+
 PyTree = Any
 Params = PyTree
 Updates = PyTree
@@ -156,8 +158,9 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
         ```
     """
     names = [name for name, _ in transforms]
-    if len(set(names)) != len(names):
-        raise ValueError(f"named_chain: names must be unique, got {names}")
+    repeated = sorted({name for name in names if names.count(name) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"named_chain: names must be unique; repeated: {repeated}")
     for name, tx in transforms:
         if not isinstance(name, str):
             raise TypeError(f"named_chain: names must be strings, got {name!r}")
@@ -262,6 +265,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         assert new["w"].dtype == jnp.bfloat16 and new["b"] is None
         ```
     """
+
+    # Broadcasting would silently change a param's shape; the check runs at trace time only.
+    tree_util.check_same_structure(
+        params, updates, expected_name="params", actual_name="updates", where="apply_updates"
+    )
 
     def add(p, u):
         if p is None:

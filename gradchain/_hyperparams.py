@@ -225,6 +225,15 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
     return out
 
 
+def _like(value: Any, old: jax.Array) -> jax.Array:
+    """`value` with the dtype, shape and placement of `old`, so a jitted step sees the same signature."""
+    new = jnp.broadcast_to(jnp.asarray(value, dtype=old.dtype), jnp.shape(old))
+    if isinstance(old, jax.Array) and not isinstance(old, jax.core.Tracer) and old.committed:
+        # A committed/uncommitted flip is a new signature for a jitted step, which would recompile.
+        new = jax.device_put(new, old.sharding)
+    return new
+
+
 def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Any:
     """Return a copy of `state` with some hyperparameters replaced, found by name.
 
@@ -264,8 +273,11 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
     entries = _qualified_entries(state)
     targets: dict[int, dict[str, Any]] = {}
     for key, value in requested.items():
-        matches = [e for e in entries if e[3] == key or e[3].endswith("/" + key) or e[0] == key]
-        matches = list({(e[2], e[1]): e for e in matches}.values())
+        # Keys exactly as `hyperparams` shows them (or fully qualified) win over suffix matches, so
+        # that "0/eps" never collides with "1/0/eps".
+        matches = [e for e in entries if key in (e[0], e[3])]
+        if not matches:
+            matches = [e for e in entries if e[3].endswith("/" + key)]
         if not matches:
             known = ", ".join(repr(e[0]) for e in entries) or "none"
             raise KeyError(f"set_hyperparams: no hyperparameter {key!r} in this state; known: {known}")
@@ -291,13 +303,9 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
                     "build the transformation with a different schedule instead"
                 )
             _checks.check(full, value, node.check_kind(name))
-            old = node[name]
-            value = jnp.broadcast_to(jnp.asarray(value, dtype=old.dtype), jnp.shape(old))
-            if isinstance(old, jax.Array) and not isinstance(old, jax.core.Tracer) and old.committed:
-                # Same placement as the value it replaces: a committed/uncommitted flip is a new
-                # signature for a jitted step, which would recompile.
-                value = jax.device_put(value, old.sharding)
-            new[name] = value
+            # Map over the old entry rather than replace it: frameworks may wrap state leaves (flax
+            # NNX keeps each in a Variable), and the wrapper must survive.
+            new[name] = jax.tree.map(lambda leaf, value=value: _like(value, leaf), node[name])
         return node.replace(**new)
 
     return jax.tree_util.tree_map(replace, state, is_leaf=_is_hyperparams)

@@ -119,17 +119,20 @@ def _resolve_mask(owner: str, mask: Any, params: Any, updates: Any) -> list[bool
         if params is None:
             raise ValueError(f"{owner}: a callable mask needs params; call update(updates, state, params)")
         mask = mask(params)
-    treedef = jax.tree.structure(updates)
+    # The mask may be a prefix of the updates tree (as in optax): a bool for a whole subtree.
+    mask_def = jax.tree.structure(mask)
     try:
-        leaves = treedef.flatten_up_to(mask)
+        subtrees = mask_def.flatten_up_to(updates)
     except (ValueError, TypeError) as e:
         raise ValueError(
-            f"{owner}: the mask tree does not match the updates tree: {e}\n"
-            f"  mask:    {jax.tree.structure(mask)}\n  updates: {treedef}"
+            f"{owner}: the mask tree is not a prefix of the updates tree: {e}\n"
+            f"  mask:    {mask_def}\n  updates: {jax.tree.structure(updates)}"
         ) from None
-    for value in leaves:
+    leaves = []
+    for value, subtree in zip(jax.tree.leaves(mask), subtrees, strict=True):
         if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{owner}: mask leaves must be Python bools, got {value!r}")
+            raise TypeError(f"{owner}: mask leaves must be booleans, got {value!r}")
+        leaves.extend([bool(value)] * len(jax.tree.leaves(subtree)))
     return leaves
 
 
@@ -163,8 +166,8 @@ def elementwise(
             step before the leaves; the rule then receives the new scalars as keyword arguments.
         uses_params: pass the params to the rule as `p` (update then requires params).
         complex_ok: whether complex leaves are allowed.
-        mask: None, or a tree of bools / a function of the params giving one: False leaves pass
-            through unchanged. Only for rules without slots.
+        mask: None, or a tree of bools (the updates' tree or a prefix of it) / a function of the
+            params giving one: False leaves pass through unchanged. Only for rules without slots.
     """
     slots = tuple(slots)
     scalars = dict(scalars or {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -182,6 +182,9 @@ def full_like(tree: PyTree, fill_value: Any, dtype: DTypeLike | None = None) -> 
     """
 
     def fill(x):
+        if isinstance(x, jax.core.Tracer):
+            # Under jit/eval_shape the sharding lives in the tracer's type; full_like keeps it.
+            return jnp.full_like(x, fill_value, dtype or x.dtype)
         return jnp.full(x.shape, fill_value, dtype or x.dtype, **_device_kwargs(x))
 
     return jax.tree.map(fill, tree)
@@ -246,7 +249,7 @@ def tree_get(tree: PyTree, name: str, default: Any = None) -> Any:
                 found.append(getattr(node, name))
                 return
             items = list(node)
-        elif isinstance(node, dict):
+        elif isinstance(node, Mapping):  # dicts, and the Hyperparams of a state
             if name in node:
                 found.append(node[name])
                 return

@@ -93,6 +93,9 @@ def sgd(
     """
     if momentum is None and (nesterov or dampening != 0.0):
         raise ValueError("sgd: nesterov and dampening need a momentum value; got momentum=None")
+    # Checked here too so the message names the optimizer's argument, not trace's `decay`.
+    if momentum is not None:
+        check("sgd: momentum", momentum, "unit_interval")
     return _recipe(
         _l2(weight_decay),
         None if momentum is None else trace(momentum, nesterov, dampening, accumulator_dtype),
@@ -209,6 +212,8 @@ def rmsprop(
     """
     if momentum is None and nesterov:
         raise ValueError("rmsprop: nesterov needs a momentum value; got momentum=None")
+    if momentum is not None:
+        check("rmsprop: momentum", momentum, "unit_interval")
     return _recipe(
         _l2(weight_decay),
         scale_by_rms(

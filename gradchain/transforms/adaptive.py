@@ -72,7 +72,9 @@ def scale_by_rss(
     def rule(g, s, *, hp, t):
         s = s + abs_sq(g)
         denom = _denominator(s, hp.eps, eps_in_sqrt)
-        return jnp.where(denom > 0, g / jnp.where(denom > 0, denom, 1), 0), (s,)
+        # 0 where nothing has accumulated yet (s = eps = 0), instead of 0/0; a NaN denominator must
+        # still give NaN, so the test is `== 0`, not `> 0`.
+        return jnp.where(denom == 0, 0, g / jnp.where(denom == 0, 1, denom)), (s,)
 
     slot = Slot("sum_of_squares", init=initial_accumulator_value, real=True)
     return elementwise("scale_by_rss", rule, ScaleByRssState, spec, slots=[slot])

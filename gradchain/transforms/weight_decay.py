@@ -47,8 +47,9 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) 
 
     Args:
         weight_decay: $\\lambda \\ge 0$, a number or a schedule (hyperparameter `weight_decay`).
-        mask: which leaves to decay: a tree of bools like the params, or a function `params -> tree`
-            (e.g. decay matrices but not biases). False leaves pass through unchanged.
+        mask: which leaves to decay: a tree of bools like the params (or a prefix of it: one bool
+            for a whole subtree), or a function `params -> tree` (e.g. decay matrices but not
+            biases). False leaves pass through unchanged.
 
     Returns:
         A `GradientTransformation` with `WeightDecayState`; `update` needs the params.
