@@ -11,7 +11,7 @@ at run time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,17 +41,19 @@ class Hyperparams(Mapping[str, jax.Array]):
         ```
     """
 
-    __slots__ = ("_checks", "_scheduled", "_values")
+    __slots__ = ("_checks", "_owner", "_scheduled", "_values")
 
     def __init__(
         self,
         values: Mapping[str, Any],
         checks: Mapping[str, str] | None = None,
         scheduled: frozenset[str] = frozenset(),
+        owner: str = "",
     ):
         self._values = dict(values)
         self._checks = dict(checks or {})
         self._scheduled = frozenset(scheduled)
+        self._owner = owner
 
     def __getitem__(self, name: str) -> jax.Array:
         return self._values[name]
@@ -79,23 +81,28 @@ class Hyperparams(Mapping[str, jax.Array]):
     def scheduled(self) -> frozenset[str]:
         return self._scheduled
 
+    @property
+    def owner(self) -> str:
+        """The public name of the transformation these hyperparameters belong to."""
+        return self._owner
+
     def check_kind(self, name: str) -> str:
         return self._checks.get(name, "any")
 
     def replace(self, **values: Any) -> Hyperparams:
         """A copy with some values replaced (no checks; see `set_hyperparams` for the checked way)."""
-        return Hyperparams({**self._values, **values}, self._checks, self._scheduled)
+        return Hyperparams({**self._values, **values}, self._checks, self._scheduled, self._owner)
 
     def tree_flatten_with_keys(self):
         keys = tuple(self._values)
         children = [(jax.tree_util.DictKey(k), self._values[k]) for k in keys]
-        aux = (keys, tuple(sorted(self._checks.items())), self._scheduled)
+        aux = (keys, tuple(sorted(self._checks.items())), self._scheduled, self._owner)
         return children, aux
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        keys, checks, scheduled = aux
-        return cls(dict(zip(keys, children, strict=True)), dict(checks), scheduled)
+        keys, checks, scheduled, owner = aux
+        return cls(dict(zip(keys, children, strict=True)), dict(checks), scheduled, owner)
 
 
 def float_dtype() -> jnp.dtype:
@@ -133,7 +140,7 @@ class HyperparamSpec:
     def init(self) -> Hyperparams:
         count = jnp.zeros((), jnp.int32)
         values = {name: self._evaluate(name, count) for name in self.values}
-        return Hyperparams(values, self.checks, frozenset(self.schedules))
+        return Hyperparams(values, self.checks, frozenset(self.schedules), self.owner)
 
     def at(self, hyperparams: Hyperparams, count: jax.Array) -> Hyperparams:
         """The hyperparameters in effect at step `count`: schedules evaluated, the rest from the state."""
@@ -162,29 +169,48 @@ def _path_str(path: tuple) -> str:
     return "/".join(parts)
 
 
-def _nodes(state: Any) -> list[tuple[str, Hyperparams]]:
-    """(prefix, node) for every Hyperparams node in `state`; prefix is the node's path in the state."""
+def _nodes(state: Any) -> list[tuple[tuple, Hyperparams]]:
+    """(path, node) for every Hyperparams node in `state`, the path ending at the node's container."""
     flat, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_hyperparams)
-    out = []
-    for path, node in flat:
-        if isinstance(node, Hyperparams):
-            # The node sits in a state field called `hyperparams`; that last key says nothing.
-            out.append((_path_str(path[:-1]), node))
-    return out
+    # The node sits in a state field called `hyperparams`; that last key says nothing.
+    return [(path[:-1], node) for path, node in flat if isinstance(node, Hyperparams)]
 
 
-def _qualified_entries(state: Any) -> list[tuple[str, str, int, str]]:
-    """(key, name, node index, full key) for every entry; `key` is qualified only where names repeat."""
-    nodes = _nodes(state)
-    entries = [(prefix, i, name) for i, (prefix, node) in enumerate(nodes) for name in node]
-    counts: dict[str, int] = {}
-    for _, _, name in entries:
-        counts[name] = counts.get(name, 0) + 1
+class _Entry(NamedTuple):
+    key: str  # as `hyperparams` shows it
+    name: str  # the argument name, e.g. "eps"
+    node: int  # index of the Hyperparams node in flattening order
+    full: str  # the path-qualified key, e.g. "1/eps" or "adam/eps"
+    owner: str  # the transformation-qualified key, e.g. "scale_by_rms/eps"
+
+
+def _entries(state: Any) -> list[_Entry]:
+    """Every hyperparameter of `state`, with the key `hyperparams` shows for it.
+
+    A name that occurs once is shown plain. A repeated one is qualified, most readable first: by the
+    names the user gave (a `named_chain`'s names, when the path has any), else by the transformation
+    that holds it (`trace/decay`, `scale_by_rms/decay`: stable when the chain grows), else, for the
+    same transformation used twice, by its position in the state (`0/eps`, `2/eps`).
+    """
+    raw = []
+    for i, (path, node) in enumerate(_nodes(state)):
+        prefix = _path_str(path)
+        named = any(isinstance(k, jax.tree_util.DictKey) for k in path)
+        for name in node:
+            full = f"{prefix}/{name}" if prefix else name
+            owner = f"{node.owner}/{name}" if node.owner else full
+            raw.append((name, i, full, owner, named))
+    names = [r[0] for r in raw]
+    owners = [r[3] for r in raw]
     out = []
-    for prefix, i, name in entries:
-        full = f"{prefix}/{name}" if prefix else name
-        key = name if counts[name] == 1 else full
-        out.append((key, name, i, full))
+    for name, i, full, owner, named in raw:
+        if names.count(name) == 1:
+            key = name
+        elif named or owners.count(owner) > 1:
+            key = full
+        else:
+            key = owner
+        out.append(_Entry(key, name, i, full, owner))
     return out
 
 
@@ -194,9 +220,12 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
     The values are those in effect at the last step: for a scheduled hyperparameter (a learning-rate
     schedule, say), the value the schedule produced for that step. Names are the transformations'
     argument names (`learning_rate`, `b1`, `b2`, `eps`, `weight_decay`, `max_norm`, ...). Where a
-    name occurs more than once in the state (two transformations that both have an `eps`), each
-    occurrence is qualified by its path in the state, `/`-separated: the index in a `chain`, the name
-    in a `named_chain`, e.g. `"0/eps"` and `"2/eps"`.
+    name occurs more than once in the state, each occurrence is qualified, `/`-separated:
+
+    - by the names of a `named_chain` on its path, when there are any (`"adam/eps"`);
+    - else by the transformation that holds it: `rmsprop(..., momentum=0.9)` shows
+      `"scale_by_rms/decay"` and `"trace/decay"`, keys that stay the same when the chain grows;
+    - else, for one transformation used twice, by its position in the `chain` (`"0/eps"`, `"2/eps"`).
 
     Args:
         state: any optimizer state, or a pytree containing optimizer states.
@@ -218,11 +247,8 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
         assert jnp.isclose(hp["learning_rate"], 1e-3)  # the value used at step 0
         ```
     """
-    out: dict[str, jax.Array] = {}
     nodes = _nodes(state)
-    for key, name, i, _ in _qualified_entries(state):
-        out[key] = nodes[i][1][name]
-    return out
+    return {e.key: nodes[e.node][1][e.name] for e in _entries(state)}
 
 
 def _like(value: Any, old: jax.Array) -> jax.Array:
@@ -238,9 +264,10 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
     """Return a copy of `state` with some hyperparameters replaced, found by name.
 
     Keys are the names `hyperparams(state)` shows. A plain name (`learning_rate`) must match exactly
-    one entry; where it occurs in several transformations, give a path-qualified key (`"adam/eps"`),
-    or any `/`-suffix of one that is unique. Path-qualified keys go in the positional mapping, plain
-    names may also be keyword arguments.
+    one entry; where it occurs in several transformations, give the qualified key `hyperparams`
+    shows (`"scale_by_rms/decay"`, `"adam/eps"`), the path-qualified one (`"1/decay"`), or any
+    `/`-suffix of a path that is unique. Qualified keys go in the positional mapping, plain names may
+    also be keyword arguments.
 
     New values are checked like the transformation's own arguments (a negative learning rate raises
     ValueError) and cast to the stored dtype and shape, so a jitted step that takes the new state
@@ -270,22 +297,22 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
         ```
     """
     requested = {**(values or {}), **kwargs}
-    entries = _qualified_entries(state)
+    entries = _entries(state)
     targets: dict[int, dict[str, Any]] = {}
     for key, value in requested.items():
-        # Keys exactly as `hyperparams` shows them (or fully qualified) win over suffix matches, so
-        # that "0/eps" never collides with "1/0/eps".
-        matches = [e for e in entries if key in (e[0], e[3])]
+        # Keys exactly as `hyperparams` shows them, path- or transformation-qualified, win over
+        # suffix matches, so that "0/eps" never collides with "1/0/eps".
+        matches = [e for e in entries if key in (e.key, e.full, e.owner)]
         if not matches:
-            matches = [e for e in entries if e[3].endswith("/" + key)]
+            matches = [e for e in entries if e.full.endswith("/" + key)]
         if not matches:
-            known = ", ".join(repr(e[0]) for e in entries) or "none"
+            known = ", ".join(repr(e.key) for e in entries) or "none"
             raise KeyError(f"set_hyperparams: no hyperparameter {key!r} in this state; known: {known}")
         if len(matches) > 1:
-            options = ", ".join(repr(e[3]) for e in matches)
+            options = ", ".join(repr(e.full) for e in matches)
             raise ValueError(f"set_hyperparams: {key!r} is ambiguous; it matches {options}")
-        _, name, index, full = matches[0]
-        targets.setdefault(index, {})[name] = (full, value)
+        entry = matches[0]
+        targets.setdefault(entry.node, {})[entry.name] = (entry.key, value)
 
     counter = iter(range(len(_nodes(state))))
 
@@ -296,13 +323,13 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
         if index not in targets:
             return node
         new = {}
-        for name, (full, value) in targets[index].items():
+        for name, (shown, value) in targets[index].items():
             if name in node.scheduled:
                 raise ValueError(
-                    f"set_hyperparams: {full!r} is produced by a schedule and cannot be set; "
+                    f"set_hyperparams: {shown!r} is produced by a schedule and cannot be set; "
                     "build the transformation with a different schedule instead"
                 )
-            _checks.check(full, value, node.check_kind(name))
+            _checks.check(shown, value, node.check_kind(name))
             # Map over the old entry rather than replace it: frameworks may wrap state leaves (flax
             # NNX keeps each in a Variable), and the wrapper must survive.
             new[name] = jax.tree.map(lambda leaf, value=value: _like(value, leaf), node[name])

@@ -98,11 +98,11 @@ NAMES_TABLE: list[tuple[str, Callable[[], gc.GradientTransformation], dict[str, 
     ),
     ("adagrad", lambda: gc.adagrad(0.1, eps=1e-6), {"eps": 1e-6, "learning_rate": 0.1}),
     ("rmsprop", lambda: gc.rmsprop(0.01, decay=0.95, eps=1e-6), {"decay": 0.95, "eps": 1e-6, "learning_rate": 0.01}),
-    # Momentum adds a second `decay` (trace's): both are qualified by their place in the chain.
+    # Momentum adds a second `decay` (trace's): both are qualified by the transformation holding them.
     (
         "rmsprop_momentum",
         lambda: gc.rmsprop(0.01, decay=0.95, momentum=0.5),
-        {"0/decay": 0.95, "eps": 1e-8, "1/decay": 0.5, "dampening": 0.0, "learning_rate": 0.01},
+        {"scale_by_rms/decay": 0.95, "eps": 1e-8, "trace/decay": 0.5, "dampening": 0.0, "learning_rate": 0.01},
     ),
     ("clip_by_global_norm", lambda: gc.clip_by_global_norm(2.0), {"max_norm": 2.0, "eps": 0.0}),
     ("clip", lambda: gc.clip(0.3), {"max_delta": 0.3}),
@@ -130,8 +130,14 @@ def test_hyperparams_names_and_values(name, make, expected):
 def test_qualified_keys_in_a_chain():
     tx = gc.chain(gc.scale_by_adam(eps=1e-6), gc.scale_by_rms(eps=1e-4), gc.scale_by_learning_rate(0.1))
     hp = gc.hyperparams(tx.init(make_params()))
-    assert list(hp) == ["b1", "b2", "0/eps", "eps_root", "decay", "1/eps", "learning_rate"]
-    assert hp["0/eps"] == F32(1e-6) and hp["1/eps"] == F32(1e-4)
+    assert list(hp) == ["b1", "b2", "scale_by_adam/eps", "eps_root", "decay", "scale_by_rms/eps", "learning_rate"]
+    assert hp["scale_by_adam/eps"] == F32(1e-6) and hp["scale_by_rms/eps"] == F32(1e-4)
+
+
+def test_qualified_keys_stay_the_same_when_the_chain_grows():
+    without = gc.hyperparams(gc.rmsprop(0.1, momentum=0.9).init(make_params()))
+    with_decay = gc.hyperparams(gc.rmsprop(0.1, momentum=0.9, weight_decay=0.1).init(make_params()))
+    assert {"scale_by_rms/decay", "trace/decay"} <= set(without) & set(with_decay)
 
 
 def test_qualified_keys_in_a_named_chain():
@@ -226,9 +232,11 @@ def test_set_by_plain_name_keyword_and_mapping():
 def test_set_by_qualified_key():
     tx = gc.chain(gc.scale_by_adam(eps=1e-6), gc.scale_by_rms(eps=1e-4))
     state = tx.init(make_params())
-    new = gc.set_hyperparams(state, {"1/eps": 0.5})
-    assert gc.hyperparams(new)["1/eps"] == F32(0.5) and gc.hyperparams(new)["0/eps"] == F32(1e-6)
-    assert new[1].hyperparams["eps"] == F32(0.5)
+    for key in ("1/eps", "scale_by_rms/eps"):  # path-qualified and transformation-qualified
+        new = gc.set_hyperparams(state, {key: 0.5})
+        hp = gc.hyperparams(new)
+        assert hp["scale_by_rms/eps"] == F32(0.5) and hp["scale_by_adam/eps"] == F32(1e-6)
+        assert new[1].hyperparams["eps"] == F32(0.5)
 
     tx = gc.named_chain(("adam", gc.scale_by_adam(eps=1e-6)), ("rms", gc.scale_by_rms(eps=1e-4)))
     new = gc.set_hyperparams(tx.init(make_params()), {"adam/eps": 0.25})
@@ -382,7 +390,7 @@ def test_ambiguous_key_raises_value_error_listing_candidates():
         (lambda: gc.adam(0.1), "eps", -1e-8, r"eps must be a finite number >= 0"),
         (lambda: gc.adamw(0.1), "weight_decay", -1.0, r"weight_decay must be a finite number >= 0"),
         (lambda: gc.sgd(0.1, momentum=0.9), "dampening", 1.5, r"dampening must be a number in \[0, 1\]"),
-        (lambda: gc.chain(gc.scale_by_adam(), gc.scale_by_rms()), "1/eps", -1.0, r"1/eps must be"),
+        (lambda: gc.chain(gc.scale_by_adam(), gc.scale_by_rms()), "1/eps", -1.0, r"scale_by_rms/eps must be"),
         (lambda: gc.clip_by_global_norm(1.0), "max_norm", -1.0, r"max_norm must be a finite number >= 0"),
     ],
 )

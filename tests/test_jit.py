@@ -100,8 +100,8 @@ RECOMPILE_CASES: list[tuple[str, Callable[[], gc.GradientTransformation], list[d
         [
             {"learning_rate": 3e-3},
             {"eps": 1e-4},
-            {"0/decay": 0.5},
-            {"1/decay": 0.0},
+            {"scale_by_rms/decay": 0.5},
+            {"trace/decay": 0.0},
             {"learning_rate": np.float64(1e-3)},
         ],
     ),
