@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradchain import tree as tree_util
-from gradchain._base import EmptyState, GradientTransformation
+from gradchain._base import GradientTransformation, stateless
 
 
 def _raise_if_nonfinite(paths: tuple[str, ...], flags: np.ndarray) -> None:
@@ -47,21 +47,17 @@ def check_finite() -> GradientTransformation:
         ```
     """
 
-    def init(params):
+    def check(updates, params):
         del params
-        return EmptyState()
-
-    def update(updates, state, params=None, **extra_args):
-        del params, extra_args
         flat = jax.tree_util.tree_flatten_with_path(updates)[0]
         if not flat:
-            return updates, state
+            return updates
         paths = tuple(tree_util.path_str(p) for p, _ in flat)
         flags = jnp.stack([jnp.all(jnp.isfinite(leaf)) for _, leaf in flat])
         if isinstance(flags, jax.core.Tracer):
             jax.debug.callback(lambda f: _raise_if_nonfinite(paths, f), flags)
         else:
             _raise_if_nonfinite(paths, np.asarray(flags))
-        return updates, state
+        return updates
 
-    return GradientTransformation(init, update)
+    return stateless(check)
