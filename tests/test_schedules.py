@@ -863,3 +863,8 @@ def test_every_public_function_has_type_hints():
         assert signature.return_annotation is not inspect.Signature.empty, name
         for parameter in signature.parameters.values():
             assert parameter.annotation is not inspect.Parameter.empty, (name, parameter.name)
+
+
+def test_warmup_exponential_decay_names_a_bad_peak_value():
+    with pytest.raises(ValueError, match="peak_value"):
+        schedules.warmup_exponential_decay_schedule(0.0, float("nan"), 10, 10, 0.5)
