@@ -3,16 +3,25 @@
 Test modules import this file as `from reference import ...` (pytest puts `tests/` on `sys.path`,
 because `tests/` has no `__init__.py`; this works under `pytest -n auto` too).
 
-Four groups of helpers:
+Five groups of helpers:
 
+- **Constants** shared by the ingredient tests (`tests/test_transforms_*.py`): `N_STEPS` steps per
+  trajectory, the tolerances `RTOL` (float32) and `RTOL64` (x64), `INT32_MAX` where step counts
+  saturate; `RTOL32` for the 120-step param trajectories of the optimizer tests.
 - **Inputs.** `grad_sequence(tree_shapes, n_steps, seed, dtype)` is a fixed pseudo-random sequence
   of gradient trees (numpy arrays), independent of the params, so that trajectories compare without
   chaotic amplification of rounding; `param_tree` makes a params tree of the same layout.
   `stored(x, dtype)` is a hyperparameter rounded as gradchain stores it (a float32 scalar unless x64
   is on): pass `stored(0.999)` to a reference so that both sides use the same $\\beta$.
+  `standard_grads()` is the ingredient tests' sequence (`N_STEPS` trees of `TREE_SHAPES`, leaves
+  scaled by `TREE_SCALES`); `Harmonic(eta0)` a schedule with exactly known float32 values;
+  `optimizer_data(seed, steps)` the optimizer tests' params and stacked gradients (float64).
 - **Running.** `run_transform(tx, params, grads_seq)` runs a transformation (jitted by default) and
   returns a `Trajectory`: the list of per-step update trees (numpy), with the final state and params
-  as attributes.
+  as attributes; `cached_runs(cases, params, grads_seq)` caches one per case of a test table.
+  `scan_trajectories(txs, params, grads)` runs several optimizers in one jitted scan and returns
+  their param trajectories. `state_buffers(state)` lists the per-parameter buffers of a state
+  (`mu`, `nu`, `trace`, ...).
 - **References.** `ref_*` functions are float64 numpy transcriptions of the per-array formulas, as the
   papers (and gradchain's docstrings) state them. Each maps the list of gradients of ONE leaf (one
   array per step) to the list of updates (float64, or complex128 for complex input), except
@@ -21,7 +30,14 @@ Four groups of helpers:
   every leaf of a tree sequence. Complex gradients use $|g|^2 = g \\bar g$ throughout.
 - **Comparing.** `assert_trajectory_close(actual, expected, rtol)` compares leaf by leaf and step by
   step, measuring the error relative to the leaf's largest magnitude (over the trajectory, or at
-  each step with `per_step=True`).
+  each step with `per_step=True`). `assert_stacked_close` does the same for stacked trajectories
+  (leaves with a leading step axis, as `scan_trajectories` returns them); `assert_trees_close` and
+  `assert_trees_equal` compare two single trees (relative to each leaf's magnitude, or bit for bit);
+  `assert_hyperparams(state, expected)` the hyperparameters a state holds.
+
+The `ref_*` references never call gradchain; of the helpers, only `scan_trajectories` (which applies
+updates with `gc.apply_updates`, as a training loop does) and `assert_hyperparams` (which reads
+`gc.hyperparams`) do.
 
 Step numbering: references use the 1-based step $t$ of the papers for bias corrections; schedules
 (`learning_rate`, `weight_decay`, `step_size` as callables) receive the 0-based count before the step,
@@ -31,6 +47,8 @@ as in gradchain and optax.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -38,19 +56,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import gradchain as gc
+
 PyTree = Any
 Schedule = Callable[[int], float]
 
 __all__ = [
+    "BUFFER_FIELDS",
+    "INT32_MAX",
+    "N_STEPS",
+    "OPTIMIZER_GRAD_SCALES",
+    "OPTIMIZER_TREE_SHAPES",
+    "RTOL",
+    "RTOL32",
+    "RTOL64",
     "TREE_SCALES",
     "TREE_SHAPES",
+    "Harmonic",
     "Trajectory",
     "abs_sq",
+    "assert_hyperparams",
     "assert_leaf_close",
+    "assert_stacked_close",
     "assert_trajectory_close",
+    "assert_trees_close",
+    "assert_trees_equal",
+    "cached_runs",
     "grad_sequence",
     "leaf_series",
     "max_relative_error",
+    "optimizer_data",
     "param_tree",
     "ref_adam",
     "ref_adamax",
@@ -67,6 +102,9 @@ __all__ = [
     "ref_trace",
     "reference_tree",
     "run_transform",
+    "scan_trajectories",
+    "standard_grads",
+    "state_buffers",
     "stored",
     "x64_enabled",
 ]
@@ -78,6 +116,28 @@ TREE_SHAPES: dict[str, tuple[int, ...]] = {"a": (), "b": (7,), "c": (3, 5), "d":
 # sizes make every eps visible somewhere (on "b", sqrt(nu) ~ 1e-3) and put clipping thresholds
 # between leaves.
 TREE_SCALES: dict[str, float] = {"a": 1.0, "b": 1e-3, "c": 10.0, "d": 0.1}
+
+# The ingredient tests (tests/test_transforms_*.py) compare N_STEPS steps with the float64 reference,
+# to RTOL in float32 and RTOL64 with x64 enabled, relative to the leaf's largest magnitude (over the
+# run, or at each step with `per_step=True`).
+N_STEPS = 100
+RTOL = 1e-6
+RTOL64 = 1e-12
+# Step counts are int32 and saturate here instead of wrapping around.
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+# The optimizer tests' tree (tests/test_optimizers*.py): a dense layer, a conv kernel and a scalar,
+# with gradients of different scales per leaf (see `optimizer_data`).
+OPTIMIZER_TREE_SHAPES: dict[str, Any] = {"dense": {"w": (5, 3), "b": (3,)}, "conv": (2, 2, 3), "scale": ()}
+OPTIMIZER_GRAD_SCALES: dict[str, Any] = {"dense": {"w": 1.0, "b": 0.1}, "conv": 3.0, "scale": 0.5}
+# Their float32 param trajectories: float32 rounds p + u to 2^-24 |p| at every step; over 120 steps
+# that random walk (plus the rounding inside the update) stays below about 1.5e-6 of the largest |p|
+# of a leaf; a wrong constant, a misplaced eps or an off-by-one step count shows up orders of
+# magnitude above it.
+RTOL32 = 2e-6
+
+# The per-parameter buffers of gradchain's states (the fields `state_buffers` looks for).
+BUFFER_FIELDS = ("mu", "nu", "nu_max", "trace", "sum_of_squares")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,6 +208,53 @@ def grad_sequence(
 def param_tree(tree_shapes: PyTree = TREE_SHAPES, seed: int = 1234, dtype: Any = np.float32) -> PyTree:
     """A params tree shaped like `tree_shapes` (standard normal entries in `dtype`, numpy arrays)."""
     return grad_sequence(tree_shapes, 1, seed, dtype)[0]
+
+
+def standard_grads(
+    dtype: Any = np.float32, seed: int = 0, *, step_scales: Sequence[float] | None = None
+) -> list[PyTree]:
+    """The ingredient tests' gradients: `N_STEPS` trees of `TREE_SHAPES`, leaves scaled by `TREE_SCALES`.
+
+    `grad_sequence(TREE_SHAPES, N_STEPS, seed, dtype, leaf_scales=TREE_SCALES, step_scales=...)`.
+    """
+    return grad_sequence(TREE_SHAPES, N_STEPS, seed, dtype, step_scales=step_scales, leaf_scales=TREE_SCALES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Harmonic:
+    """The schedule $\\eta_k = \\eta_0 / (1 + k)$ of the 0-based count `k`, with its exact stored values.
+
+    For an $\\eta_0$ that float32 holds exactly (0.5, 0.25), float32 evaluates the quotient correctly
+    rounded, so `ref(k)` (the quotient rounded by `stored`) is bit for bit the value the library uses.
+    """
+
+    eta0: float
+
+    def __call__(self, count: Any) -> Any:
+        return self.eta0 / (1.0 + count)
+
+    def ref(self, k: int) -> float:
+        """The value at the 0-based step `k`, as gradchain stores it."""
+        return stored(self.eta0 / (1.0 + k))
+
+
+def optimizer_data(seed: int, steps: int) -> tuple[PyTree, PyTree]:
+    """The optimizer tests' initial params and gradients (float64 numpy, `OPTIMIZER_TREE_SHAPES`).
+
+    The gradients are stacked: each leaf has a leading axis of `steps`, leaf scales from
+    `OPTIMIZER_GRAD_SCALES`. Leaves of 3 or more dimensions get a few exact zeros, where
+    AdaGrad/RMSProp/AdaMax must not divide by zero.
+    """
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda s: rng.normal(size=s), OPTIMIZER_TREE_SHAPES, is_leaf=_is_shape)
+
+    def grads(shape, scale):
+        g = scale * rng.normal(size=(steps, *shape))
+        if g.ndim >= 3:
+            g[::7, 0] = 0.0
+        return g
+
+    return params, jax.tree.map(grads, OPTIMIZER_TREE_SHAPES, OPTIMIZER_GRAD_SCALES, is_leaf=_is_shape)
 
 
 def stored(x: float, dtype: Any = None) -> float:
@@ -261,6 +368,66 @@ def run_transform(
     out.state = state
     out.params = params
     return out
+
+
+def cached_runs(
+    cases: Sequence[Any], params: PyTree, grads_seq: Sequence[PyTree], **run_kwargs: Any
+) -> Callable[[str], Trajectory]:
+    """`case id -> run_transform(case.make(), params, grads_seq, **run_kwargs)`, each run computed once.
+
+    For a table of test cases with fields `id` and `make` (a function returning the transformation):
+    the tests that compare one run with several things (numpy, optax, its state) share it.
+    """
+    by_id = {case.id: case for case in cases}
+    assert len(by_id) == len(cases), "case ids must be unique"
+
+    @functools.cache
+    def run(case_id: str) -> Trajectory:
+        return run_transform(by_id[case_id].make(), params, grads_seq, **run_kwargs)
+
+    return run
+
+
+def scan_trajectories(txs: Sequence[Any], params: PyTree, grads: PyTree) -> list[tuple[PyTree, Any]]:
+    """Run every transformation in `txs` as an optimizer, all in one jitted `jax.lax.scan`.
+
+    Each starts from `params` and its own `init`, and at every step applies its updates to its params
+    with `gc.apply_updates`. `grads` is stacked: each leaf has a leading step axis. One compilation
+    for many optimizers keeps the optimizer tests fast.
+
+    Returns:
+        One (trajectory, final state) per transformation (jax arrays); the trajectory holds the params
+        after every step (leading step axis).
+    """
+
+    def body(carry, g):
+        new = []
+        for tx, (p, state) in zip(txs, carry, strict=True):
+            updates, state = tx.update(g, state, p)
+            new.append((gc.apply_updates(p, updates), state))
+        return new, [p for p, _ in new]
+
+    @jax.jit
+    def go(p, gs):
+        final, trajectories = jax.lax.scan(body, [(p, tx.init(p)) for tx in txs], gs)
+        return [(trajectory, state) for trajectory, (_, state) in zip(trajectories, final, strict=True)]
+
+    return go(params, grads)
+
+
+def state_buffers(state: Any) -> Iterator[tuple[str, str, Any]]:
+    """(field, param path, leaf) for every per-parameter buffer (`BUFFER_FIELDS`) in `state`.
+
+    Walks the NamedTuple states of an ingredient or of a chain (tuples of them).
+    """
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        for field in BUFFER_FIELDS:
+            if field in state._fields:
+                for path, leaf in jax.tree_util.tree_flatten_with_path(getattr(state, field))[0]:
+                    yield field, jax.tree_util.keystr(path), leaf
+    elif isinstance(state, tuple):
+        for s in state:
+            yield from state_buffers(s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -584,6 +751,61 @@ def assert_trajectory_close(
     assert list(a_series) == list(e_series), f"leaf paths {list(a_series)}, expected {list(e_series)}"
     for path in e_series:
         assert_leaf_close(a_series[path], e_series[path], rtol, where=f"leaf {path}", per_step=per_step, floor=floor)
+
+
+def assert_stacked_close(actual: PyTree, expected: PyTree, rtol: float) -> None:
+    """Two stacked trajectories (leaves with a leading step axis) agree at every step of every leaf.
+
+    The error at each step must be within `rtol` times the leaf's largest magnitude over the whole
+    run of `expected`; the message names the leaf and the worst step ("max error ... at step ...").
+    """
+    flat_e, treedef = jax.tree_util.tree_flatten_with_path(expected)
+    flat_a = treedef.flatten_up_to(actual)
+    for (path, e), a in zip(flat_e, flat_a, strict=True):
+        e, a = np.asarray(e, np.float64), np.asarray(a, np.float64)
+        assert a.shape == e.shape, f"{jax.tree_util.keystr(path)}: shape {a.shape} != {e.shape}"
+        scale = np.max(np.abs(e))
+        err = np.abs(a - e).reshape(len(e), -1).max(axis=1)
+        step = int(np.argmax(err))
+        assert err[step] <= rtol * scale, (
+            f"leaf {jax.tree_util.keystr(path)}: max error {err[step]:.3g} at step {step + 1} exceeds "
+            f"{rtol:g} * max|p| = {rtol * scale:.3g}"
+        )
+
+
+def assert_trees_close(actual: PyTree, expected: PyTree, rtol: float) -> None:
+    """Same structure and, leaf by leaf, the same shape and `max|a - e| <= rtol * max|e|`."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for (path, a), e in zip(jax.tree_util.tree_flatten_with_path(actual)[0], jax.tree.leaves(expected), strict=True):
+        a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
+        assert a.shape == e.shape, f"{jax.tree_util.keystr(path)}: shape {a.shape}, expected {e.shape}"
+        scale = max(float(np.max(np.abs(e), initial=0.0)), 1e-30)
+        err = float(np.max(np.abs(a - e), initial=0.0))
+        assert err <= rtol * scale, f"{jax.tree_util.keystr(path)}: relative error {err / scale:.3g} > {rtol:g}"
+
+
+def assert_trees_equal(actual: PyTree, expected: PyTree) -> None:
+    """Same structure and every leaf bit for bit the same: dtype, shape and values (NaN equals nothing)."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for (path, a), e in zip(jax.tree_util.tree_flatten_with_path(actual)[0], jax.tree.leaves(expected), strict=True):
+        a, e = np.asarray(a), np.asarray(e)
+        where = jax.tree_util.keystr(path)
+        assert a.dtype == e.dtype, f"{where}: dtype {a.dtype}, expected {e.dtype}"
+        assert a.shape == e.shape, f"{where}: shape {a.shape}, expected {e.shape}"
+        assert np.array_equal(a, e), f"{where} differs:\n  actual:   {a.ravel()[:6]}\n  expected: {e.ravel()[:6]}"
+
+
+def assert_hyperparams(state: Any, expected: dict[str, float], dtype: Any = None) -> None:
+    """`gc.hyperparams(state)` has exactly the names of `expected`, each equal to its value as stored.
+
+    With `dtype`, each value must also have that dtype.
+    """
+    hp = gc.hyperparams(state)
+    assert set(hp) == set(expected)
+    for name, value in expected.items():
+        assert float(hp[name]) == stored(value), name
+        if dtype is not None:
+            assert hp[name].dtype == dtype, f"{name}: {hp[name].dtype}, expected {np.dtype(dtype)}"
 
 
 def max_relative_error(actual: Sequence[PyTree], expected: Sequence[PyTree], *, per_step: bool = False) -> float:

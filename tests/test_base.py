@@ -12,6 +12,7 @@ import ml_dtypes
 import numpy as np
 import optax
 import pytest
+from reference import assert_trees_close, assert_trees_equal
 
 import gradchain as gc
 
@@ -31,25 +32,6 @@ def make_grads(steps: int, seed: int = 1) -> list[Any]:
     """A fixed pseudo-random sequence of gradient trees (independent of the params)."""
     rng = np.random.default_rng(seed)
     return [_tree_from(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32)) for _ in range(steps)]
-
-
-def assert_trees_equal(a: Any, b: Any) -> None:
-    """Same structure and bit-for-bit equal leaves."""
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b), strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype, jax.tree_util.keystr(path)
-        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-
-
-def assert_trees_close(a: Any, b: Any, rtol: float) -> None:
-    """Leaf by leaf, the error relative to the leaf's max magnitude is below rtol."""
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b), strict=True):
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        scale = max(np.max(np.abs(y)), 1e-30)
-        err = np.max(np.abs(x - y)) / scale
-        assert err <= rtol, f"{jax.tree_util.keystr(path)}: relative error {err:.3g} > {rtol}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -101,6 +83,18 @@ def _by_hand(ingredients, params, grads):
     return out, states
 
 
+def _assert_steps_match(tx, state, params, grads, expected, *, check_params: bool = True):
+    """Run `tx` as an optimizer from `state`; every step's updates (and params) equal `expected`'s."""
+    p = params
+    for (u_ref, p_ref), g in zip(expected, grads, strict=True):
+        u, state = tx.update(g, state, p)
+        p = gc.apply_updates(p, u)
+        assert_trees_equal(u, u_ref)
+        if check_params:
+            assert_trees_equal(p, p_ref)
+    return state
+
+
 def test_chain_equals_applying_ingredients_one_by_one_bit_for_bit():
     params, grads = make_params(), make_grads(25)
     expected, expected_states = _by_hand(_ingredients(), params, grads)
@@ -109,12 +103,7 @@ def test_chain_equals_applying_ingredients_one_by_one_bit_for_bit():
     state = tx.init(params)
     assert isinstance(state, tuple) and not hasattr(state, "_fields")
     assert len(state) == 5
-    p = params
-    for (u_ref, p_ref), g in zip(expected, grads, strict=True):
-        u, state = tx.update(g, state, p)
-        p = gc.apply_updates(p, u)
-        assert_trees_equal(u, u_ref)
-        assert_trees_equal(p, p_ref)
+    state = _assert_steps_match(tx, state, params, grads, expected)
     assert_trees_equal(state, tuple(expected_states))
 
 
@@ -126,12 +115,7 @@ def test_named_chain_state_is_a_dict_and_matches_chain_bit_for_bit():
     tx = gc.named_chain(*zip(names, _ingredients(), strict=True))
     state = tx.init(params)
     assert isinstance(state, dict) and list(state) == names
-    p = params
-    for (u_ref, p_ref), g in zip(expected, grads, strict=True):
-        u, state = tx.update(g, state, p)
-        p = gc.apply_updates(p, u)
-        assert_trees_equal(u, u_ref)
-        assert_trees_equal(p, p_ref)
+    state = _assert_steps_match(tx, state, params, grads, expected)
     assert list(state) == names
     for name, ref in zip(names, expected_states, strict=True):
         assert_trees_equal(state[name], ref)
@@ -142,12 +126,7 @@ def test_nested_chains_compose():
     expected, _ = _by_hand(_ingredients(), params, grads)
     a, b, c, d, e = _ingredients()
     tx = gc.chain(gc.chain(a, b), gc.named_chain(("adam", c), ("rest", gc.chain(d, e))))
-    state = tx.init(params)
-    p = params
-    for (u_ref, _), g in zip(expected, grads, strict=True):
-        u, state = tx.update(g, state, p)
-        p = gc.apply_updates(p, u)
-        assert_trees_equal(u, u_ref)
+    _assert_steps_match(tx, tx.init(params), params, grads, expected, check_params=False)
 
 
 def test_empty_chain_is_identity():

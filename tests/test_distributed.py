@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from reference import assert_trees_close, state_buffers
 
 import gradchain as gc
 
@@ -30,18 +31,6 @@ if len(jax.devices()) != N_DEVICES:
     )
 
 PyTree = Any
-BUFFER_FIELDS = ("mu", "nu", "nu_max", "trace", "sum_of_squares")
-
-
-def assert_trees_close(actual: PyTree, expected: PyTree, rtol: float) -> None:
-    """Leaf by leaf, max|a - e| <= rtol * max|e|."""
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    for (path, a), e in zip(jax.tree_util.tree_flatten_with_path(actual)[0], jax.tree.leaves(expected), strict=True):
-        a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
-        assert a.shape == e.shape, jax.tree_util.keystr(path)
-        scale = max(float(np.max(np.abs(e), initial=0.0)), 1e-30)
-        err = float(np.max(np.abs(a - e), initial=0.0))
-        assert err <= rtol * scale, f"{jax.tree_util.keystr(path)}: relative error {err / scale:.3g} > {rtol:g}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,18 +226,6 @@ SHARDED_OPTIMIZERS = {
     **ELEMENTWISE_OPTIMIZERS,
     "clip_by_global_norm+adamw": lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(0.01, weight_decay=0.1)),
 }
-
-
-def state_buffers(state: Any) -> Iterator[tuple[str, str, jax.Array]]:
-    """(field, param path, leaf) for every per-parameter buffer (mu, nu, trace, ...) in `state`."""
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        for field in BUFFER_FIELDS:
-            if field in state._fields:
-                for path, leaf in jax.tree_util.tree_flatten_with_path(getattr(state, field))[0]:
-                    yield field, jax.tree_util.keystr(path), leaf
-    elif isinstance(state, tuple):
-        for s in state:
-            yield from state_buffers(s)
 
 
 def assert_state_sharded_like_params(state: Any, param_shardings: PyTree, *, exact: bool = False) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -336,16 +336,6 @@ def test_vmap_over_problems_equals_separate_runs(make, per_problem):
 # (d) differentiating through update with respect to a hyperparameter
 
 
-@pytest.fixture
-def x64() -> Iterator[None]:
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", old)
-
-
 def _meta_setup():
     rng = np.random.default_rng(3)
     params = {"w": jnp.asarray(rng.normal(size=(4, 3))), "b": jnp.asarray(rng.normal(size=3)), "blocks": [
@@ -420,6 +410,7 @@ def test_meta_gradient_matches_finite_differences(x64, make, values):
 
 
 def test_x64_fixture_restores_the_flag():
+    # The meta-gradient tests above ran under the `x64` fixture of tests/conftest.py.
     assert not jax.config.jax_enable_x64
 
 

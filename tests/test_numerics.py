@@ -13,7 +13,7 @@ tree, so one compiled step covers both dtypes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from reference import (
+    INT32_MAX,
     TREE_SHAPES,
     Trajectory,
     assert_trajectory_close,
@@ -34,6 +35,7 @@ from reference import (
     ref_rss,
     ref_trace,
     reference_tree,
+    state_buffers,
     stored,
     x64_enabled,
 )
@@ -41,7 +43,6 @@ from reference import (
 import gradchain as gc
 
 PyTree = Any
-INT32_MAX = int(np.iinfo(np.int32).max)
 
 LR = 0.01
 SGD_LR = 0.05
@@ -74,8 +75,7 @@ STATE_DTYPE_ARGS: dict[str, dict[str, Any]] = {
     "nadam": {"mu_dtype": jnp.float32, "nu_dtype": jnp.float32},
     "amsgrad": {"mu_dtype": jnp.float32, "nu_dtype": jnp.float32},
 }
-BUFFER_FIELDS = ("mu", "nu", "nu_max", "trace", "sum_of_squares")
-# Per-parameter buffers that accumulate |g|^2 (or |g|): real for complex params.
+# Per-parameter buffers (`state_buffers`) that accumulate |g|^2 (or |g|): real for complex params.
 REAL_BUFFER_FIELDS = ("nu", "nu_max", "sum_of_squares")
 
 F16, BF16 = np.dtype(jnp.float16), np.dtype(jnp.bfloat16)
@@ -271,18 +271,6 @@ def counts(state: Any) -> list[int]:
     return []
 
 
-def buffers(state: Any) -> Iterator[tuple[str, str, jax.Array]]:
-    """(field, leaf path, array) for every per-parameter buffer leaf (mu, nu, trace, ...) in `state`."""
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        for field in BUFFER_FIELDS:
-            if field in state._fields:
-                for path, leaf in jax.tree_util.tree_flatten_with_path(getattr(state, field))[0]:
-                    yield field, jax.tree_util.keystr(path), leaf
-    elif isinstance(state, tuple):
-        for s in state:
-            yield from buffers(s)
-
-
 def assert_all_finite(tree: PyTree, what: str) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         x = np.asarray(leaf)
@@ -335,7 +323,7 @@ def test_half_precision_steps_stay_finite_and_keep_the_gradient_dtype(name):
             assert {u.dtype for u in jax.tree.leaves(updates[key])} == {dtype}, f"step {k}: updates[{key!r}]"
     assert_all_finite(traj.state, "state")
     assert_all_finite(traj.params, "params")
-    for field, path, leaf in buffers(traj.state):
+    for field, path, leaf in state_buffers(traj.state):
         expected = default_storage(field, HALF[path.split("'")[1]])  # path is "['f16'][...]" or "['bf16'][...]"
         assert leaf.dtype == expected, f"{field}{path}: {leaf.dtype}, expected {expected}"
 
@@ -350,7 +338,7 @@ def test_updates_take_the_gradient_dtype_not_the_param_dtype(name):
         updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
         assert updates["w"].dtype == g_dtype, f"params {p_dtype.__name__}, grads {g_dtype.__name__}"
         assert_all_finite(updates, "update")
-        for field, path, leaf in buffers(state):
+        for field, path, leaf in state_buffers(state):
             expected = default_storage(field, p_dtype)
             assert leaf.dtype == expected, f"{field}{path}: storage follows the params, got {leaf.dtype}"
 
@@ -422,9 +410,9 @@ def test_float32_state_for_half_params_is_closer_to_the_reference(name):
     mixed = run(name, params, grads, apply=False, float32_state=True)
     plain = run(name, params, grads, apply=False)
 
-    for field, path, leaf in buffers(mixed.state):
+    for field, path, leaf in state_buffers(mixed.state):
         assert leaf.dtype == jnp.float32, f"{field}{path}: {leaf.dtype}"
-    for field, path, leaf in buffers(plain.state):
+    for field, path, leaf in state_buffers(plain.state):
         expected = default_storage(field, HALF[path.split("'")[1]])
         assert leaf.dtype == expected, f"{field}{path}: {leaf.dtype}, expected {expected}"
     for traj in (mixed, plain):
@@ -456,12 +444,6 @@ def displacements(updates: Sequence[PyTree]) -> list[PyTree]:
 # (d) float64 with x64 enabled
 
 
-@pytest.fixture
-def x64() -> Iterator[None]:
-    with x64_enabled():
-        yield
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_float64_states_updates_hyperparams_and_trajectory(x64, name):
     params = param_tree(dtype=np.float64)
@@ -471,7 +453,7 @@ def test_float64_states_updates_hyperparams_and_trajectory(x64, name):
     for updates in traj:
         assert {u.dtype for u in jax.tree.leaves(updates)} == {np.dtype(np.float64)}
     assert {p.dtype for p in jax.tree.leaves(traj.params)} == {np.dtype(np.float64)}
-    found = list(buffers(traj.state))
+    found = list(state_buffers(traj.state))
     assert found
     for field, path, leaf in found:
         assert leaf.dtype == jnp.float64, f"{field}{path}: {leaf.dtype}"
@@ -511,7 +493,7 @@ def test_complex64_trajectory_matches_reference_with_real_second_moments(name):
     traj = run(name, params, grads)
     for updates in traj:
         assert {u.dtype for u in jax.tree.leaves(updates)} == {np.dtype(np.complex64)}
-    found = list(buffers(traj.state))
+    found = list(state_buffers(traj.state))
     assert found
     for field, path, leaf in found:
         expected_dtype = jnp.float32 if field in REAL_BUFFER_FIELDS else jnp.complex64

@@ -27,94 +27,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from reference import RTOL32, assert_stacked_close, assert_trees_equal, optimizer_data, scan_trajectories
 
 import gradchain as gc
 
+# The float32 trajectories are compared to RTOL32 = 2e-6 of each leaf's largest |p| (reference.py:
+# the float32 rounding of p + u accumulated over these 120 steps, far below any wrong constant).
 STEPS = 120
-# float32 rounds p + u to 2^-24 |p| at every step; over 120 steps that random walk (plus the rounding
-# inside the update) stays below about 1.5e-6 of the largest |p| of a leaf; a wrong constant, a
-# misplaced eps or an off-by-one step count shows up orders of magnitude above it.
-RTOL32 = 2e-6
-
-SHAPES: dict[str, Any] = {"dense": {"w": (5, 3), "b": (3,)}, "conv": (2, 2, 3), "scale": ()}
-GRAD_SCALES: dict[str, Any] = {"dense": {"w": 1.0, "b": 0.1}, "conv": 3.0, "scale": 0.5}
-
-
-def _is_shape(x: Any) -> bool:
-    return isinstance(x, tuple)
-
-
-def _make_data(seed: int = 0) -> tuple[Any, Any]:
-    """Initial params and a stacked sequence of STEPS gradient trees, float64 numpy."""
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda s: rng.normal(size=s), SHAPES, is_leaf=_is_shape)
-
-    def grads(shape, scale):
-        g = scale * rng.normal(size=(STEPS, *shape))
-        if g.ndim >= 3:  # a few exact zeros, where AdaGrad/RMSProp/AdaMax must not divide by zero
-            g[::7, 0] = 0.0
-        return g
-
-    return params, jax.tree.map(grads, SHAPES, GRAD_SCALES, is_leaf=_is_shape)
-
-
-PARAMS64, GRADS64 = _make_data()
+# The tree of reference.py's OPTIMIZER_TREE_SHAPES (a dense layer, a conv kernel, a scalar): float64
+# params and STEPS stacked gradient trees, and their float32 copies that the optimizers run on.
+PARAMS64, GRADS64 = optimizer_data(seed=0, steps=STEPS)
 PARAMS32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), PARAMS64)
 GRADS32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), GRADS64)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Running a transformation, comparing trajectories.
-
-
-def run_many(txs: list[Any], params: Any, grads: Any) -> list[tuple[Any, Any]]:
-    """Run every transformation in `txs` over the gradient sequence, in one jitted scan.
-
-    Returns one (trajectory, final state) per transformation; the trajectory holds the params after
-    every step (leading axis STEPS). One compilation for many optimizers keeps this file fast.
-    """
-
-    def body(carry, g):
-        new = []
-        for tx, (p, state) in zip(txs, carry, strict=True):
-            updates, state = tx.update(g, state, p)
-            new.append((gc.apply_updates(p, updates), state))
-        return new, [p for p, _ in new]
-
-    @jax.jit
-    def go(p, gs):
-        final, trajectories = jax.lax.scan(body, [(p, tx.init(p)) for tx in txs], gs)
-        return [(trajectory, state) for trajectory, (_, state) in zip(trajectories, final, strict=True)]
-
-    return go(params, grads)
-
-
 def run(tx: Any, params: Any, grads: Any) -> tuple[Any, Any]:
     """One transformation over the gradient sequence: (params after every step, final state)."""
-    return run_many([tx], params, grads)[0]
-
-
-def assert_trajectories_close(actual: Any, expected: Any, rtol: float = RTOL32) -> None:
-    """Every step of every leaf within rtol * (the leaf's largest |param| over the run)."""
-    flat_e, treedef = jax.tree_util.tree_flatten_with_path(expected)
-    flat_a = treedef.flatten_up_to(actual)
-    for (path, e), a in zip(flat_e, flat_a, strict=True):
-        e, a = np.asarray(e, np.float64), np.asarray(a, np.float64)
-        assert a.shape == e.shape, f"{jax.tree_util.keystr(path)}: shape {a.shape} != {e.shape}"
-        scale = np.max(np.abs(e))
-        err = np.abs(a - e).reshape(len(e), -1).max(axis=1)
-        step = int(np.argmax(err))
-        assert err[step] <= rtol * scale, (
-            f"leaf {jax.tree_util.keystr(path)}: max error {err[step]:.3g} at step {step + 1} exceeds "
-            f"{rtol:g} * max|p| = {rtol * scale:.3g}"
-        )
-
-
-def assert_trees_bitwise_equal(a: Any, b: Any) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b), strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and np.array_equal(x, y), f"{jax.tree_util.keystr(path)} differs"
+    return scan_trajectories([tx], params, grads)[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -657,7 +586,7 @@ def family_results(name: str) -> dict[str, tuple[Any, Any]]:
     """case id -> (gradchain trajectory, optax trajectory or None) for every case of optimizer `name`."""
     cases = [c for c in CASES if c.name == name]
     txs = [c.gradchain() for c in cases] + [c.optax() for c in cases if c.optax is not None]
-    results = iter(run_many(txs, PARAMS32, GRADS32))
+    results = iter(scan_trajectories(txs, PARAMS32, GRADS32))
     ours = {c.id: next(results)[0] for c in cases}
     return {c.id: (ours[c.id], next(results)[0] if c.optax is not None else None) for c in cases}
 
@@ -676,21 +605,21 @@ def test_every_optimizer_is_in_the_table():
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_matches_numpy_reference(case: Case):
     ours, _ = family_results(case.name)[case.id]
-    assert_trajectories_close(ours, reference_trajectory(case.name, case.kwargs))
+    assert_stacked_close(ours, reference_trajectory(case.name, case.kwargs), RTOL32)
 
 
 @pytest.mark.parametrize("case", OPTAX_CASES, ids=lambda c: c.id)
 def test_matches_optax(case: Case):
     ours, theirs = family_results(case.name)[case.id]
-    assert_trajectories_close(ours, theirs, rtol=OPTAX_RTOL)
+    assert_stacked_close(ours, theirs, rtol=OPTAX_RTOL)
 
 
 def test_adam_matches_optax_tightly_with_float32_betas():
     """With betas that float32 holds exactly, optax's rounding inconsistency vanishes and both agree closely."""
     b1, b2 = 0.875, 1 - 2.0**-10
-    (ours, _), (theirs, _) = run_many([gc.adam(0.01, b1, b2), optax.adam(0.01, b1, b2)], PARAMS32, GRADS32)
-    assert_trajectories_close(ours, theirs, rtol=5e-7)
-    assert_trajectories_close(ours, reference_trajectory("adam", {"learning_rate": 0.01, "b1": b1, "b2": b2}))
+    (ours, _), (theirs, _) = scan_trajectories([gc.adam(0.01, b1, b2), optax.adam(0.01, b1, b2)], PARAMS32, GRADS32)
+    assert_stacked_close(ours, theirs, rtol=5e-7)
+    assert_stacked_close(ours, reference_trajectory("adam", {"learning_rate": 0.01, "b1": b1, "b2": b2}), RTOL32)
 
 
 # The comparison with the reference must be able to fail: a reference that differs from the case in
@@ -720,7 +649,7 @@ def test_reference_comparison_detects_a_convention_change(case_id, change):
     case = CASES_BY_ID[case_id]
     ours, _ = family_results(case.name)[case.id]
     with pytest.raises(AssertionError, match="max error"):
-        assert_trajectories_close(ours, reference_trajectory(case.name, {**case.kwargs, **change}), rtol=10 * RTOL32)
+        assert_stacked_close(ours, reference_trajectory(case.name, {**case.kwargs, **change}), rtol=10 * RTOL32)
 
 
 def test_rmsprop_momentum_with_schedule_differs_from_optax():
@@ -733,17 +662,17 @@ def test_rmsprop_momentum_with_schedule_differs_from_optax():
     case = CASES_BY_ID["rmsprop-momentum-schedule"]
     ours, _ = family_results("rmsprop")[case.id]
     theirs, _ = run(optax.rmsprop(EXPONENTIAL, momentum=0.9), PARAMS32, GRADS32)
-    assert_trajectories_close(ours, reference_trajectory("rmsprop", case.kwargs))
-    assert_trajectories_close(theirs, reference_trajectory("rmsprop", {**case.kwargs, "lr_in_buffer": True}))
+    assert_stacked_close(ours, reference_trajectory("rmsprop", case.kwargs), RTOL32)
+    assert_stacked_close(theirs, reference_trajectory("rmsprop", {**case.kwargs, "lr_in_buffer": True}), RTOL32)
     with pytest.raises(AssertionError, match="max error"):
-        assert_trajectories_close(ours, theirs, rtol=1e-3)
+        assert_stacked_close(ours, theirs, rtol=1e-3)
 
 
 def test_adamw_mask_prefix_tree_like_optax():
     prefix_mask = {"dense": True, "conv": False, "scale": False}
     ours, _ = run(gc.adamw(0.01, weight_decay=0.3, mask=prefix_mask), PARAMS32, GRADS32)
     theirs, _ = run(optax.adamw(0.01, weight_decay=0.3, mask=prefix_mask), PARAMS32, GRADS32)
-    assert_trajectories_close(ours, theirs)
+    assert_stacked_close(ours, theirs, RTOL32)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -847,15 +776,17 @@ RECIPES = [
 
 @functools.cache
 def recipe_results() -> dict[str, Any]:
-    results = run_many([tx for _, optimizer, recipe in RECIPES for tx in (optimizer, recipe)], PARAMS32, GRADS32)
+    results = scan_trajectories(
+        [tx for _, optimizer, recipe in RECIPES for tx in (optimizer, recipe)], PARAMS32, GRADS32
+    )
     return {name: (results[2 * i], results[2 * i + 1]) for i, (name, _, _) in enumerate(RECIPES)}
 
 
 @pytest.mark.parametrize(("name", "optimizer", "recipe"), RECIPES, ids=[r[0] for r in RECIPES])
 def test_optimizer_is_its_recipe_bit_for_bit(name, optimizer, recipe):
     (ours, state), (rebuilt, rebuilt_state) = recipe_results()[name]
-    assert_trees_bitwise_equal(ours, rebuilt)
-    assert_trees_bitwise_equal(state, rebuilt_state)
+    assert_trees_equal(ours, rebuilt)
+    assert_trees_equal(state, rebuilt_state)
     assert list(gc.hyperparams(state)) == list(gc.hyperparams(rebuilt_state))
 
 
@@ -877,14 +808,14 @@ def _by_hand(a, b) -> gc.GradientTransformation:
 
 @functools.cache
 def pair_results() -> list[Any]:
-    return run_many([tx for _, a, b in PAIRS for tx in (gc.chain(a, b), _by_hand(a, b))], PARAMS32, GRADS32)
+    return scan_trajectories([tx for _, a, b in PAIRS for tx in (gc.chain(a, b), _by_hand(a, b))], PARAMS32, GRADS32)
 
 
 @pytest.mark.parametrize("index", range(len(PAIRS)), ids=[p[0] for p in PAIRS])
 def test_chain_is_applying_one_then_the_other(index):
     (ours, state), (manual, manual_state) = pair_results()[2 * index : 2 * index + 2]
-    assert_trees_bitwise_equal(ours, manual)
-    assert_trees_bitwise_equal(state, manual_state)
+    assert_trees_equal(ours, manual)
+    assert_trees_equal(state, manual_state)
 
 
 def _by_hand_update(a, b, g, state, params):

@@ -19,48 +19,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import RTOL32, assert_stacked_close, optimizer_data, scan_trajectories
 
 import gradchain as gc
 
 torch = pytest.importorskip("torch")
 
+# float32 trajectories to RTOL32 = 2e-6 of each leaf's largest |p| (reference.py: the rounding of
+# p + u over 120 steps); float64 ones to RTOL64.
 STEPS = 120
-RTOL32 = 2e-6  # float32 rounding of p + u, accumulated over 120 steps (see tests/test_optimizers.py)
 RTOL64 = 1e-10
 
-SHAPES: dict[str, Any] = {"dense": {"w": (5, 3), "b": (3,)}, "conv": (2, 2, 3), "scale": ()}
-GRAD_SCALES: dict[str, Any] = {"dense": {"w": 1.0, "b": 0.1}, "conv": 3.0, "scale": 0.5}
-
-
-def _is_shape(x: Any) -> bool:
-    return isinstance(x, tuple)
-
-
-def _make_data(seed: int = 1) -> tuple[Any, Any]:
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda s: rng.normal(size=s), SHAPES, is_leaf=_is_shape)
-
-    def grads(shape, scale):
-        g = scale * rng.normal(size=(STEPS, *shape))
-        if g.ndim >= 3:  # a few exact zeros
-            g[::7, 0] = 0.0
-        return g
-
-    return params, jax.tree.map(grads, SHAPES, GRAD_SCALES, is_leaf=_is_shape)
-
-
-PARAMS64, GRADS64 = _make_data()
-
-
-@pytest.fixture
-def x64():
-    """jax in float64 for the duration of a test, then back to what it was."""
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", before)
+# The tree of reference.py's OPTIMIZER_TREE_SHAPES: float64 params and STEPS stacked gradient trees
+# (another seed than tests/test_optimizers.py's), for torch and, cast, for gradchain.
+PARAMS64, GRADS64 = optimizer_data(seed=1, steps=STEPS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -70,25 +42,12 @@ def x64():
 def run_many(txs: list[Any], dtype: Any, *, with_states: bool = False) -> list[Any]:
     """Trajectories (params after every step) of gradchain transformations, all in one jitted scan.
 
-    With `with_states`, (trajectory, final state) pairs.
+    The params and gradients are cast to `dtype`. With `with_states`, (trajectory, final state) pairs.
     """
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), PARAMS64)
     grads = jax.tree.map(lambda x: jnp.asarray(x, dtype), GRADS64)
-
-    def body(carry, g):
-        new = []
-        for tx, (p, state) in zip(txs, carry, strict=True):
-            updates, state = tx.update(g, state, p)
-            new.append((gc.apply_updates(p, updates), state))
-        return new, [p for p, _ in new]
-
-    @jax.jit
-    def go(p, gs):
-        final, trajectories = jax.lax.scan(body, [(p, tx.init(p)) for tx in txs], gs)
-        return trajectories, [state for _, state in final]
-
-    trajectories, states = jax.tree.map(np.asarray, go(params, grads))
-    return list(zip(trajectories, states, strict=True)) if with_states else trajectories
+    results = jax.tree.map(np.asarray, scan_trajectories(txs, params, grads))
+    return results if with_states else [trajectory for trajectory, _ in results]
 
 
 def run_torch(
@@ -137,21 +96,6 @@ def _run_torch(make_optimizer, make_scheduler, clip_norm, clip_value, lr_changes
         for o, p in zip(out, tensors, strict=True):
             o.append(p.detach().numpy().copy())
     return treedef.unflatten([np.stack(o) for o in out]), optimizer, tensors
-
-
-def assert_trajectories_close(actual: Any, expected: Any, rtol: float) -> None:
-    """Every step of every leaf within rtol * (the leaf's largest |param| over the run)."""
-    flat_e, treedef = jax.tree_util.tree_flatten_with_path(expected)
-    for (path, e), a in zip(flat_e, treedef.flatten_up_to(actual), strict=True):
-        e, a = np.asarray(e, np.float64), np.asarray(a, np.float64)
-        assert a.shape == e.shape, f"{jax.tree_util.keystr(path)}: shape {a.shape} != {e.shape}"
-        scale = np.max(np.abs(e))
-        err = np.abs(a - e).reshape(len(e), -1).max(axis=1)
-        step = int(np.argmax(err))
-        assert err[step] <= rtol * scale, (
-            f"leaf {jax.tree_util.keystr(path)}: max error {err[step]:.3g} at step {step + 1} exceeds "
-            f"{rtol:g} * max|p| = {rtol * scale:.3g}"
-        )
 
 
 def max_relative_error(actual: Any, expected: Any) -> float:
@@ -368,14 +312,14 @@ def torch_results(case_id: str) -> Any:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_float32_matches_torch_float64(case: Case):
-    assert_trajectories_close(gradchain_results("float32")[case.id], torch_results(case.id), RTOL32)
+    assert_stacked_close(gradchain_results("float32")[case.id], torch_results(case.id), RTOL32)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_float64_matches_torch_float64(case: Case, x64):
     ours = gradchain_results("float64")[case.id]
     assert jax.tree.leaves(ours)[0].dtype == np.float64
-    assert_trajectories_close(ours, torch_results(case.id), RTOL64)
+    assert_stacked_close(ours, torch_results(case.id), RTOL64)
 
 
 # The comparisons can fail: the optax-convention arguments (or a wrong default) are far from torch.
@@ -402,7 +346,7 @@ def near_miss_results() -> list[Any]:
 def test_other_conventions_do_not_match_torch(case_id, wrong):
     ours = near_miss_results()[[m[1] for m in NEAR_MISSES].index(wrong)]
     with pytest.raises(AssertionError, match="max error"):
-        assert_trajectories_close(ours, torch_results(case_id), 10 * RTOL32)
+        assert_stacked_close(ours, torch_results(case_id), 10 * RTOL32)
 
 
 def test_default_nadam_is_not_torch_nadam():
@@ -415,7 +359,7 @@ def test_default_nadam_is_not_torch_nadam():
     (default, dozat) = run_many([gc.nadam(0.01), gc.nadam(0.01, momentum_decay=4e-3)], jnp.float32)
     expected = torch_results("NAdam")
     assert max_relative_error(default, expected) > 1e-3
-    assert_trajectories_close(dozat, expected, RTOL32)
+    assert_stacked_close(dozat, expected, RTOL32)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -480,7 +424,7 @@ def scheduled_results() -> list[Any]:
 @pytest.mark.parametrize("index", range(len(SCHEDULED)), ids=[s[0] for s in SCHEDULED])
 def test_lr_scheduler_is_a_schedule(index):
     _, make_optimizer, make_scheduler, _ = SCHEDULED[index]
-    assert_trajectories_close(scheduled_results()[index], run_torch(make_optimizer, make_scheduler), RTOL32)
+    assert_stacked_close(scheduled_results()[index], run_torch(make_optimizer, make_scheduler), RTOL32)
 
 
 @pytest.mark.parametrize(
@@ -521,7 +465,7 @@ def test_setting_param_groups_lr_is_set_hyperparams(make_optimizer, make_tx):
         trajectory.append(params)
     assert np.isclose(gc.hyperparams(state)["learning_rate"], 0.03)
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *trajectory)
-    assert_trajectories_close(stacked, expected, RTOL32)
+    assert_stacked_close(stacked, expected, RTOL32)
 
 
 def test_adagrad_lr_decay_new_base_rate_is_a_rebuilt_optimizer_on_the_same_state():
@@ -555,7 +499,7 @@ def test_adagrad_lr_decay_new_base_rate_is_a_rebuilt_optimizer_on_the_same_state
         )
         pieces.append(trajectory)
     ours = jax.tree.map(lambda *xs: np.concatenate(xs), *pieces)
-    assert_trajectories_close(ours, expected, RTOL32)
+    assert_stacked_close(ours, expected, RTOL32)
 
 
 def test_clip_grad_norm_is_clip_by_global_norm_with_eps():
@@ -571,7 +515,7 @@ def test_clip_grad_norm_is_clip_by_global_norm_with_eps():
         ],
         jnp.float32,
     )
-    assert_trajectories_close(ours, expected, RTOL32)
+    assert_stacked_close(ours, expected, RTOL32)
     # eps=0 (optax's clip_by_global_norm) differs by a relative 1e-6 / 11 per clipped step only: visible in float64.
     assert max_relative_error(optax_eps, expected) < 1e-5
 
@@ -579,7 +523,7 @@ def test_clip_grad_norm_is_clip_by_global_norm_with_eps():
 def test_clip_grad_value_is_clip():
     expected = run_torch(lambda ps: O.Adam(ps, lr=0.01, foreach=False), clip_value=0.5)
     (ours,) = run_many([gc.chain(gc.clip(0.5), gc.adam(0.01))], jnp.float32)
-    assert_trajectories_close(ours, expected, RTOL32)
+    assert_stacked_close(ours, expected, RTOL32)
 
 
 def test_param_groups_without_decay_are_a_mask():
@@ -597,9 +541,9 @@ def test_param_groups_without_decay_are_a_mask():
     mask = jax.tree.map(lambda p: np.ndim(p) > 1, PARAMS64)
     expected = run_torch(make_torch)
     (ours,) = run_many([gc.adamw(0.01, weight_decay=0.3, mask=mask)], jnp.float32)
-    assert_trajectories_close(ours, expected, RTOL32)
+    assert_stacked_close(ours, expected, RTOL32)
     with pytest.raises(AssertionError, match="max error"):  # the mask matters
-        assert_trajectories_close(run_many([gc.adamw(0.01, weight_decay=0.3)], jnp.float32)[0], expected, RTOL32)
+        assert_stacked_close(run_many([gc.adamw(0.01, weight_decay=0.3)], jnp.float32)[0], expected, RTOL32)
 
 
 def test_clip_grad_norm_eps_in_float64(x64):
@@ -612,9 +556,9 @@ def test_clip_grad_norm_eps_in_float64(x64):
         ],
         jnp.float64,
     )
-    assert_trajectories_close(torch_eps, expected, RTOL64)
+    assert_stacked_close(torch_eps, expected, RTOL64)
     with pytest.raises(AssertionError, match="max error"):
-        assert_trajectories_close(no_eps, expected, RTOL64)
+        assert_stacked_close(no_eps, expected, RTOL64)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -569,9 +569,7 @@ TORCH_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("make_scheduler", "lr", "sched", "n"), [pytest.param(*c[1:], id=c[0]) for c in TORCH_CASES]
-)
+@pytest.mark.parametrize(("make_scheduler", "lr", "sched", "n"), [pytest.param(*c[1:], id=c[0]) for c in TORCH_CASES])
 def test_matches_torch(make_scheduler, lr, sched, n):
     expected = _torch_lrs(make_scheduler, lr, n)
     np.testing.assert_allclose(_np(sched(jnp.asarray(STEPS)))[:n], expected, rtol=RTOL, atol=0)
@@ -827,9 +825,7 @@ def test_all_lists_every_public_name():
     public = {
         name
         for name, obj in vars(schedules).items()
-        if not name.startswith("_")
-        and callable(obj)
-        and getattr(obj, "__module__", None) == schedules.__name__
+        if not name.startswith("_") and callable(obj) and getattr(obj, "__module__", None) == schedules.__name__
     }
     assert public <= set(schedules.__all__)
     assert "Schedule" in schedules.__all__

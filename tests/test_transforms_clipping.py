@@ -5,12 +5,13 @@ and magnitudes (so that some leaves are always clipped, some never, and some som
 steps scaled below the threshold and all-zero steps mixed in, and is compared step by step with a
 float64 numpy transcription of its formula (tests/reference.py) and with optax. PyTorch's
 `clip_grad_norm_` (eps = 1e-6) is checked against numpy here and against torch by the optimizer tests.
+Bad arguments, integer params and updates, and count saturation are tested for every ingredient in
+tests/test_transforms_boundaries.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +21,14 @@ import numpy as np
 import optax
 import pytest
 from reference import (
+    N_STEPS,
+    RTOL,
+    RTOL64,
     TREE_SCALES,
     TREE_SHAPES,
+    assert_hyperparams,
     assert_trajectory_close,
+    cached_runs,
     grad_sequence,
     param_tree,
     ref_clip,
@@ -31,16 +37,14 @@ from reference import (
     ref_global_norm,
     reference_tree,
     run_transform,
+    standard_grads,
     stored,
-    x64_enabled,
 )
 
 import gradchain as gc
 
-N_STEPS = 100
-RTOL = 1e-6  # float32, relative to the leaf's largest magnitude at each step
-RTOL64 = 1e-12
-INT32_MAX = int(np.iinfo(np.int32).max)
+# Every comparison here measures RTOL relative to the leaf's largest magnitude at each step
+# (`per_step=True`): a step below a threshold must be as exact as one above it.
 
 # Steps 0 and 50 are all-zero; every 7th step is scaled down by 100 (below every threshold here);
 # the last step is ordinary, so the recorded global norm can be checked after the run.
@@ -48,21 +52,15 @@ STEP_SCALES = [0.0 if k in (0, 50) else 0.01 if k % 7 == 3 else 1.0 for k in ran
 
 
 def make_grads(dtype: Any = np.float32, seed: int = 0) -> list:
-    return grad_sequence(TREE_SHAPES, N_STEPS, seed=seed, dtype=dtype, leaf_scales=TREE_SCALES, step_scales=STEP_SCALES)
+    return standard_grads(dtype, seed, step_scales=STEP_SCALES)
 
 
 GRADS = make_grads()
-PARAMS = param_tree(TREE_SHAPES)
+PARAMS = param_tree()
 # The global norm of an ordinary step is ~40 (leaf "c" dominates), of a scaled-down step ~0.4.
 MAX_NORM = 20.0
 MAX_DELTA = 0.5
 THRESHOLD = 0.5  # block RMS: "c" (rms ~10) clipped at ordinary steps, "b" and "d" never, "a" sometimes
-
-
-@pytest.fixture
-def x64():
-    with x64_enabled():
-        yield
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +107,8 @@ OPTAX_CASES = [c for c in CASES if c.optax is not None]
 REAL_AND_COMPLEX = [c for c in CASES if c.id != "clip"]
 
 
-def _case(case_id: str) -> Case:
-    return CASES[CASE_IDS.index(case_id)]
-
-
-@functools.cache
-def _gradchain_run(case_id: str):
-    return run_transform(_case(case_id).make(), PARAMS, GRADS)
+# case id -> the case's jitted 100-step run on GRADS, computed once for the tests below.
+_gradchain_run = cached_runs(CASES, PARAMS, GRADS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -169,7 +162,7 @@ def test_global_norm_is_recorded_before_clipping(case: Case):
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_float64_matches_reference(x64, case: Case):
     grads = make_grads(np.float64)
-    run = run_transform(case.make(), param_tree(TREE_SHAPES, dtype=np.float64), grads, jit=False)
+    run = run_transform(case.make(), param_tree(dtype=np.float64), grads, jit=False)
     assert all(u.dtype == np.float64 for u in jax.tree.leaves(run[-1]))
     assert all(v.dtype == jnp.float64 for v in gc.hyperparams(run.state).values())
     assert_trajectory_close(run, case.reference(grads), RTOL64, per_step=True)
@@ -182,7 +175,7 @@ def test_low_precision_keeps_dtype(case: Case, dtype):
     grads = grad_sequence(
         TREE_SHAPES, steps, seed=3, dtype=dtype, leaf_scales=TREE_SCALES, step_scales=STEP_SCALES[:steps]
     )
-    run = run_transform(case.make(), param_tree(TREE_SHAPES, dtype=dtype), grads, jit=False)
+    run = run_transform(case.make(), param_tree(dtype=dtype), grads, jit=False)
     for updates in run:
         assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
     assert all((u == 0).all() for u in jax.tree.leaves(run[0]))  # the all-zero step: no NaN
@@ -202,7 +195,7 @@ def test_float16_squares_do_not_overflow(case: Case):
 @pytest.mark.parametrize("case", REAL_AND_COMPLEX, ids=[c.id for c in REAL_AND_COMPLEX])
 def test_complex_params(case: Case):
     grads = make_grads(np.complex64, seed=5)
-    run = run_transform(case.make(), param_tree(TREE_SHAPES, dtype=np.complex64), grads, jit=False)
+    run = run_transform(case.make(), param_tree(dtype=np.complex64), grads, jit=False)
     assert all(u.dtype == np.complex64 for u in jax.tree.leaves(run[-1]))
     # The reference uses |g|^2 = g conj(g); summing g^2 would give a complex "norm" and fail here.
     assert_trajectory_close(run, case.reference(grads), RTOL, per_step=True)
@@ -221,10 +214,7 @@ def test_clip_by_value_rejects_complex_updates_naming_the_leaf():
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_hyperparams_in_state(case: Case):
-    hp = gc.hyperparams(_gradchain_run(case.id).state)
-    assert set(hp) == set(case.hyperparams)
-    for name, value in case.hyperparams.items():
-        assert float(hp[name]) == stored(value), name
+    assert_hyperparams(_gradchain_run(case.id).state, case.hyperparams)
 
 
 @pytest.mark.parametrize(
@@ -236,58 +226,6 @@ def test_zero_threshold_gives_zero_updates_without_nan(make):
     for scale in [0.0, 1.0]:
         updates, state = tx.update({"a": jnp.full(3, scale), "b": jnp.zeros(2)}, state)
         assert all((np.asarray(u) == 0).all() for u in jax.tree.leaves(updates))
-
-
-BAD_ARGS = [
-    (lambda: gc.clip(-1.0), ValueError, "max_delta"),
-    (lambda: gc.clip(float("nan")), ValueError, "max_delta"),
-    (lambda: gc.clip(float("inf")), ValueError, "max_delta"),
-    (lambda: gc.clip("1.0"), TypeError, "max_delta"),
-    (lambda: gc.clip(jnp.ones(2)), TypeError, "max_delta"),
-    (lambda: gc.clip_by_global_norm(-1.0), ValueError, "max_norm"),
-    (lambda: gc.clip_by_global_norm(float("nan")), ValueError, "max_norm"),
-    (lambda: gc.clip_by_global_norm(float("inf")), ValueError, "max_norm"),
-    (lambda: gc.clip_by_global_norm("1.0"), TypeError, "max_norm"),
-    (lambda: gc.clip_by_global_norm(1.0, eps=-1e-6), ValueError, "eps"),
-    (lambda: gc.clip_by_global_norm(1.0, eps=float("nan")), ValueError, "eps"),
-    (lambda: gc.clip_by_block_rms(-1.0), ValueError, "threshold"),
-    (lambda: gc.clip_by_block_rms(float("nan")), ValueError, "threshold"),
-    (lambda: gc.clip_by_block_rms(float("inf")), ValueError, "threshold"),
-    (lambda: gc.clip_by_block_rms(None), TypeError, "threshold"),
-]
-
-
-@pytest.mark.parametrize("make, error, match", BAD_ARGS)
-def test_bad_arguments_raise(make, error, match):
-    with pytest.raises(error, match=match):
-        make()
-
-
-@pytest.mark.parametrize("bad", [jnp.ones(3, jnp.int32), jnp.ones(3, bool)], ids=["int32", "bool"])
-def test_integer_or_boolean_params_raise_at_init(bad):
-    with pytest.raises(TypeError, match=r"\['b'\]"):
-        gc.clip(1.0).init({"a": jnp.ones(2), "b": bad})
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("bad", [jnp.ones(3, jnp.int32), jnp.ones(3, bool)], ids=["int32", "bool"])
-def test_integer_or_boolean_updates_raise(case: Case, bad):
-    tx = case.make()
-    params = {"a": jnp.ones(2), "b": jnp.ones(3)}
-    with pytest.raises(TypeError, match=r"\['b'\]"):
-        tx.update({"a": jnp.ones(2), "b": bad}, tx.init(params), params)
-
-
-def test_clip_count_saturates():
-    tx = gc.clip(1.0)
-    params = {"w": jnp.ones(3)}
-    state = tx.init(params)._replace(count=jnp.asarray(INT32_MAX - 1, jnp.int32))
-    update = jax.jit(tx.update)
-    for _ in range(3):
-        updates, state = update({"w": jnp.array([2.0, -0.5, -3.0])}, state, params)
-        np.testing.assert_array_equal(np.asarray(updates["w"]), [1.0, -0.5, -1.0])
-    assert state.count.dtype == jnp.int32
-    assert int(state.count) == INT32_MAX
 
 
 @pytest.mark.parametrize(
