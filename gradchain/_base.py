@@ -9,6 +9,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from gradchain import _packing as packing
 from gradchain import tree as tree_util
 
 PyTree = Any
@@ -93,13 +94,26 @@ def _check_transform(where: str, tx: Any) -> None:
         raise TypeError(f"{where} must be a GradientTransformation (with init and update), got {tx!r}")
 
 
-def chain(*transforms: GradientTransformation) -> GradientTransformation:
+def chain(*transforms: GradientTransformation, pack: bool | None = None) -> GradientTransformation:
     """Apply transformations one after another; the state is the tuple of their states.
 
     $$ u = f_n(\\dots f_2(f_1(g))) $$
 
+    Packed execution: element-wise ingredients (momentum, RMS and Adam-family moments, weight
+    decay, scaling, value clipping) and global-norm clipping run over a few contiguous buffers of
+    packed leaves instead of leaf by leaf, and their state stays packed between steps. The chain
+    packs the gradients (and the params, if an ingredient reads them) on entry and unpacks the
+    updates on exit; ingredients that need the tree (factored moments, block RMS, checks that name
+    leaves) get it, so a mixed chain still packs what it can. The numbers are those of the unpacked
+    path: bit for bit for element-wise arithmetic, and to rounding for global norms. See `pack` and
+    the Performance page.
+
     Args:
         *transforms: the transformations, applied left to right.
+        pack: None (default, automatic) packs leaves of up to 65,536 elements where at least 32
+            of them share a dtype and placement, and leaves the rest as they are; True packs every
+            leaf that can share a buffer; False never packs. Sharded leaves are never packed. A
+            chain with no per-leaf state never packs.
 
     Returns:
         A `GradientTransformation` whose state is a tuple with one entry per transformation.
@@ -113,13 +127,22 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         params = {"w": jnp.ones(3)}
         state = tx.init(params)
         updates, state = tx.update({"w": jnp.full(3, 10.0)}, state, params)
+
+        # Packed: the moments of 100 small leaves live in one buffer.
+        params = {f"b{i}": jnp.zeros(4) for i in range(100)}
+        tx = gc.chain(gc.scale_by_adam(), gc.scale_by_learning_rate(1e-3))
+        state = tx.init(params)
+        assert isinstance(state[0].mu, gc.Packed) and state[0].mu.buffers[0].shape == (400,)
+        updates, state = tx.update(params, state, params)
+        assert updates["b7"].shape == (4,)
         ```
     """
     for i, tx in enumerate(transforms):
         _check_transform(f"chain: transform {i}", tx)
+    runner = _PackedRunner("chain", transforms, pack)
 
     def init(params):
-        return tuple(tx.init(params) for tx in transforms)
+        return tuple(runner.init(params))
 
     def update(updates, state, params=None, **extra_args):
         if not isinstance(state, tuple) or len(state) != len(transforms):
@@ -127,22 +150,137 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 f"chain: expected a state tuple of {len(transforms)} entries (one per transform), "
                 f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else '?'}"
             )
-        new_state = []
-        for tx, inner in zip(transforms, state, strict=True):
-            updates, inner = _call_update(tx, updates, inner, params, extra_args)
-            new_state.append(inner)
+        updates, new_state = runner.update(updates, list(state), params, extra_args)
         return updates, tuple(new_state)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, runner.mark(update))
 
 
-def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
+class _PackedRunner:
+    """Runs a sequence of transformations, on packed buffers where they allow it (see `chain`)."""
+
+    def __init__(self, owner: str, transforms: tuple[Any, ...], pack: bool | None):
+        if pack is not None and not isinstance(pack, bool):
+            raise TypeError(f"{owner}: pack must be True, False or None (automatic), got {pack!r}")
+        self.owner = owner
+        self.transforms = transforms
+        self.pack = pack
+        self.infos = [packing.pack_info(tx) for tx in transforms]
+
+    def mark(self, update: Callable) -> Callable:
+        # A chain of packable transformations is itself packable (nested chains run packed).
+        if self.infos and all(info is not None for info in self.infos):
+            members = tuple(info for info in self.infos if info is not None)
+            info = packing.PackInfo(
+                owner=self.owner,
+                uses_params=any(m.uses_params for m in members),
+                complex_ok=all(m.complex_ok for m in members),
+                members=members,
+            )
+            packing.mark_packable(update, info)
+        return update
+
+    def _check_leaves(self, what: str, tree: Any) -> None:
+        from gradchain._lift import check_leaf_dtypes  # _lift builds on _base
+
+        for info in self.infos:
+            if info is not None:
+                for leaf_info in packing.flat_infos(info):
+                    check_leaf_dtypes(leaf_info.owner, what, tree, complex_ok=leaf_info.complex_ok)
+
+    def _layout(self, params: Any) -> packing.Layout | None:
+        if isinstance(params, packing.Packed):
+            return params.layout
+        if self.pack is False or params is None or not any(self.infos):
+            return None
+        self._check_leaves("param", params)
+        tags = self._mask_tags(params)
+        if self.pack:
+            layout = packing.make_layout(params, max_leaf_size=None, tags=tags)
+        else:
+            layout = packing.make_layout(
+                params,
+                max_leaf_size=packing.AUTO_MAX_LEAF_SIZE,
+                min_group_size=packing.AUTO_MIN_GROUP_SIZE,
+                tags=tags,
+            )
+        return layout if any(layout.packed) else None
+
+    def _mask_tags(self, params: Any) -> list[tuple[bool, ...]] | None:
+        from gradchain._lift import resolve_mask
+
+        masks = [
+            leaf_info
+            for info in self.infos
+            if info is not None
+            for leaf_info in packing.flat_infos(info)
+            if leaf_info.mask is not None
+        ]
+        if not masks:
+            return None
+        bits = [resolve_mask(m.owner, m.mask, params, params) for m in masks]
+        return list(zip(*bits, strict=True))
+
+    def init(self, params: Any) -> list[Any]:
+        layout = self._layout(params)
+        if layout is None:
+            return [tx.init(packing.unpack(params)) for tx in self.transforms]
+        packed = packing.pack(params, layout)
+        tree = packing.unpack(params)
+        return [
+            tx.init(packed if info is not None else tree) for tx, info in zip(self.transforms, self.infos, strict=True)
+        ]
+
+    def update(self, updates: Any, states: list[Any], params: Any, extra_args: dict) -> tuple[Any, list[Any]]:
+        given_packed = isinstance(updates, packing.Packed)
+        layout = updates.layout if given_packed else packing.find_layout(states)
+        if layout is None:
+            new_states = []
+            for tx, state in zip(self.transforms, states, strict=True):
+                updates, state = _call_update(tx, updates, state, params, extra_args)
+                new_states.append(state)
+            return updates, new_states
+
+        if not given_packed:
+            packing.check_matches(layout, updates, what="updates", where=self.owner)
+            self._check_leaves("update", updates)
+        views: dict[str, Any] = {}
+
+        def params_as(packed: bool) -> Any:
+            if params is None:
+                return None
+            key = "packed" if packed else "tree"
+            if key not in views:
+                if packed:
+                    if not isinstance(params, packing.Packed):
+                        packing.check_matches(layout, params, what="params", where=self.owner)
+                    views[key] = packing.pack(params, layout)
+                else:
+                    views[key] = packing.unpack(params)
+            return views[key]
+
+        new_states = []
+        for tx, info, state in zip(self.transforms, self.infos, states, strict=True):
+            if info is not None:
+                updates = packing.pack(updates, layout)
+                p = params_as(True) if info.uses_params else params
+            else:
+                updates = packing.unpack(updates)
+                p = params_as(False)
+            updates, state = _call_update(tx, updates, state, p, extra_args)
+            new_states.append(state)
+        updates = packing.pack(updates, layout) if given_packed else packing.unpack(updates)
+        return updates, new_states
+
+
+def named_chain(*transforms: tuple[str, GradientTransformation], pack: bool | None = None) -> GradientTransformation:
     """Like `chain`, but the state is a dict keyed by the names given.
 
     Names also qualify hyperparameter keys where they repeat (`"adam/eps"`), see `hyperparams`.
 
     Args:
         *transforms: `(name, transformation)` pairs, applied left to right. Names must be unique.
+        pack: packed execution, as in `chain`.
 
     Returns:
         A `GradientTransformation` whose state is a dict `name -> state`.
@@ -166,19 +304,19 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
             raise TypeError(f"named_chain: names must be strings, got {name!r}")
         _check_transform(f"named_chain: transform {name!r}", tx)
 
+    runner = _PackedRunner("named_chain", tuple(tx for _, tx in transforms), pack)
+
     def init(params):
-        return {name: tx.init(params) for name, tx in transforms}
+        return dict(zip(names, runner.init(params), strict=True))
 
     def update(updates, state, params=None, **extra_args):
         if not isinstance(state, dict) or list(state) != names:
             got = list(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"named_chain: expected a state dict with keys {names}, got {got}")
-        new_state = {}
-        for name, tx in transforms:
-            updates, new_state[name] = _call_update(tx, updates, state[name], params, extra_args)
-        return updates, new_state
+        updates, new_states = runner.update(updates, [state[name] for name in names], params, extra_args)
+        return updates, dict(zip(names, new_states, strict=True))
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, runner.mark(update))
 
 
 def identity() -> GradientTransformation:

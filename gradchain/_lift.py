@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
+from gradchain import _packing as packing
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation
 from gradchain._hyperparams import HyperparamSpec, float_dtype
@@ -112,7 +113,7 @@ def check_leaf_dtypes(owner: str, what: str, tree: Any, *, complex_ok: bool) -> 
             raise TypeError(f"{owner}: {what} leaf {where} is {dtype}; {owner} does not support complex values")
 
 
-def _resolve_mask(owner: str, mask: Any, params: Any, updates: Any) -> list[bool] | None:
+def resolve_mask(owner: str, mask: Any, params: Any, updates: Any) -> list[bool] | None:
     if mask is None:
         return None
     if callable(mask):
@@ -215,15 +216,17 @@ def elementwise(
         g_leaves = treedef.flatten_up_to(updates)
         slot_leaves = [treedef.flatten_up_to(getattr(state, slot.name)) for slot in slots]
         p_leaves = treedef.flatten_up_to(params) if uses_params else [None] * len(g_leaves)
-        active = _resolve_mask(owner, mask, params, updates) or [True] * len(g_leaves)
+        active = _active(owner, mask, params, updates) or [True] * len(g_leaves)
 
         out_updates, out_slots = [], [[] for _ in slots]
         for i, g in enumerate(g_leaves):
             stored = [leaves[i] for leaves in slot_leaves]
-            if active[i]:
-                u, new = _apply(rule, g, stored, p_leaves[i], hp_state, count, uses_params, shared)
-            else:
+            if active[i] is False:
                 u, new = g, stored
+            else:
+                u, new = _apply(rule, g, stored, p_leaves[i], hp_state, count, uses_params, shared)
+                if active[i] is not True:  # a packed buffer holding masked and unmasked leaves
+                    u = jnp.where(active[i], u, g)
             out_updates.append(u)
             for k, value in enumerate(new):
                 out_slots[k].append(value)
@@ -232,7 +235,23 @@ def elementwise(
         new_state = state_type(count=count, **new_buffers, **shared, hyperparams=hp_state)
         return treedef.unflatten(out_updates), new_state
 
-    return GradientTransformation(init, update)
+    info = packing.PackInfo(owner, uses_params=uses_params, complex_ok=complex_ok, mask=mask)
+    return GradientTransformation(init, packing.mark_packable(update, info))
+
+
+def _active(owner: str, mask: Any, params: Any, updates: Any) -> list[Any] | None:
+    """Per leaf (or per packed buffer): True, False, or a per-element bool array for mixed buffers."""
+    if mask is None:
+        return None
+    if not isinstance(updates, packing.Packed):
+        return resolve_mask(owner, mask, params, updates)
+    layout = updates.layout
+    tree = packing.unpack(params) if params is not None else None
+    bits = resolve_mask(owner, mask, tree, layout.abstract_tree())
+    return [
+        common if not isinstance(common, list) else packing.expand(layout, j, common)
+        for j, common in enumerate(packing.per_buffer(layout, bits))
+    ]
 
 
 def _apply(rule, g, stored, p, hp, count, uses_params, shared):

@@ -34,8 +34,8 @@ from gradchain.transforms.weight_decay import add_decayed_weights, add_l2_regula
 Scalar = float | jax.Array
 
 
-def _recipe(*parts: GradientTransformation | None) -> GradientTransformation:
-    return chain(*(p for p in parts if p is not None))
+def _recipe(*parts: GradientTransformation | None, pack: bool | None) -> GradientTransformation:
+    return chain(*(p for p in parts if p is not None), pack=pack)
 
 
 def _l2(weight_decay: ScalarOrSchedule | None) -> GradientTransformation | None:
@@ -50,6 +50,7 @@ def sgd(
     dampening: Scalar = 0.0,
     weight_decay: ScalarOrSchedule | None = None,
     accumulator_dtype: DTypeLike | None = None,
+    pack: bool | None = None,
 ) -> GradientTransformation:
     """Stochastic gradient descent, optionally with (Nesterov) momentum and coupled weight decay.
 
@@ -68,6 +69,7 @@ def sgd(
         dampening: PyTorch's dampening $\\tau$ (needs `momentum`).
         weight_decay: coupled L2 coefficient $\\lambda$, or None.
         accumulator_dtype: storage dtype of the momentum buffer.
+        pack: packed execution: None (automatic), True or False; see `chain`.
 
     Returns:
         A `GradientTransformation`.
@@ -100,6 +102,7 @@ def sgd(
         _l2(weight_decay),
         None if momentum is None else trace(momentum, nesterov, dampening, accumulator_dtype),
         scale_by_learning_rate(learning_rate),
+        pack=pack,
     )
 
 
@@ -111,6 +114,7 @@ def adagrad(
     eps_in_sqrt: bool = True,
     lr_decay: float | None = None,
     weight_decay: ScalarOrSchedule | None = None,
+    pack: bool | None = None,
 ) -> GradientTransformation:
     """AdaGrad: per-coordinate steps shrinking with the root of the sum of past squared gradients.
 
@@ -129,6 +133,7 @@ def adagrad(
         lr_decay: PyTorch's `lr_decay` $d$: the rate becomes $\\eta / (1 + d\\, t)$, $t = 0, 1, \\dots$
             (needs a constant `learning_rate`).
         weight_decay: coupled L2 coefficient, or None.
+        pack: packed execution: None (automatic), True or False; see `chain`.
 
     Returns:
         A `GradientTransformation`.
@@ -155,6 +160,7 @@ def adagrad(
         _l2(weight_decay),
         scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=eps_in_sqrt),
         scale_by_learning_rate(learning_rate),
+        pack=pack,
     )
 
 
@@ -170,6 +176,7 @@ def rmsprop(
     bias_correction: bool = False,
     *,
     weight_decay: ScalarOrSchedule | None = None,
+    pack: bool | None = None,
 ) -> GradientTransformation:
     """RMSProp: divide by a moving RMS of the gradients, optionally centered and with momentum.
 
@@ -192,6 +199,7 @@ def rmsprop(
         nesterov: Nesterov momentum (needs `momentum`).
         bias_correction: debias the moving averages.
         weight_decay: coupled L2 coefficient, or None.
+        pack: packed execution: None (automatic), True or False; see `chain`.
 
     Returns:
         A `GradientTransformation`.
@@ -221,6 +229,7 @@ def rmsprop(
         ),
         None if momentum is None else trace(momentum, nesterov),
         scale_by_learning_rate(learning_rate),
+        pack=pack,
     )
 
 
@@ -235,6 +244,7 @@ def adam(
     nu_dtype: DTypeLike | None = None,
     nesterov: bool = False,
     weight_decay: ScalarOrSchedule | None = None,
+    pack: bool | None = None,
 ) -> GradientTransformation:
     """Adam, optionally with coupled L2 weight decay ("Adam + L2", PyTorch's `Adam(weight_decay=...)`).
 
@@ -252,6 +262,7 @@ def adam(
         mu_dtype, nu_dtype: storage dtypes of the moments.
         nesterov: NAdam's first moment (see `nadam`).
         weight_decay: coupled L2 coefficient, or None. For decoupled decay use `adamw`.
+        pack: packed execution: None (automatic), True or False; see `chain`.
 
     Returns:
         A `GradientTransformation`.
@@ -279,6 +290,7 @@ def adam(
         _l2(weight_decay),
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov),
         scale_by_learning_rate(learning_rate),
+        pack=pack,
     )
 
 
@@ -294,6 +306,7 @@ def adamw(
     *,
     nu_dtype: DTypeLike | None = None,
     nesterov: bool = False,
+    pack: bool | None = None,
 ) -> GradientTransformation:
     """AdamW: Adam with decoupled weight decay.
 
@@ -313,6 +326,7 @@ def adamw(
         mask: which leaves to decay (tree of bools or function of the params).
         nu_dtype: storage dtype of the second moment.
         nesterov: NAdam's first moment (see `nadamw`).
+        pack: packed execution: None (automatic), True or False; see `chain`.
 
     Returns:
         A `GradientTransformation`.
@@ -335,6 +349,7 @@ def adamw(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
+        pack=pack,
     )
 
 
@@ -349,6 +364,7 @@ def nadam(
     nu_dtype: DTypeLike | None = None,
     momentum_decay: Scalar | None = None,
     weight_decay: ScalarOrSchedule | None = None,
+    pack: bool | None = None,
 ) -> GradientTransformation:
     """NAdam: Adam with Nesterov's look-ahead first moment (optax's form, or Dozat's/PyTorch's).
 
@@ -365,6 +381,7 @@ def nadam(
         learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype: as in `adam`.
         momentum_decay: None for optax's NAdam, or $\\psi \\ge 0$ for Dozat's momentum schedule.
         weight_decay: coupled L2 coefficient, or None.
+        pack: packed execution: None (automatic), True or False; see `chain`.
 
     Returns:
         A `GradientTransformation`.
@@ -387,6 +404,7 @@ def nadam(
         _l2(weight_decay),
         _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay),
         scale_by_learning_rate(learning_rate),
+        pack=pack,
     )
 
 
@@ -410,6 +428,7 @@ def nadamw(
     *,
     nu_dtype: DTypeLike | None = None,
     momentum_decay: Scalar | None = None,
+    pack: bool | None = None,
 ) -> GradientTransformation:
     """NAdamW: NAdam's first moment with decoupled weight decay.
 
@@ -424,6 +443,7 @@ def nadamw(
     Args:
         learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nu_dtype: as in `adamw`.
         momentum_decay: None for optax's NAdam, or $\\psi \\ge 0$ for Dozat's momentum schedule.
+        pack: packed execution: None (automatic), True or False; see `chain`.
 
     Returns:
         A `GradientTransformation`.
@@ -446,6 +466,7 @@ def nadamw(
         _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
+        pack=pack,
     )
 
 
@@ -460,6 +481,7 @@ def amsgrad(
     nu_dtype: DTypeLike | None = None,
     debias_before_max: bool = True,
     weight_decay: ScalarOrSchedule | None = None,
+    pack: bool | None = None,
 ) -> GradientTransformation:
     """AMSGrad: Adam whose second moment never decreases.
 
@@ -474,6 +496,7 @@ def amsgrad(
         learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype: as in `adam`.
         debias_before_max: optax's (True) or PyTorch's (False) place for the bias correction.
         weight_decay: coupled L2 coefficient, or None.
+        pack: packed execution: None (automatic), True or False; see `chain`.
 
     Returns:
         A `GradientTransformation`.
@@ -498,6 +521,7 @@ def amsgrad(
             b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, debias_before_max=debias_before_max
         ),
         scale_by_learning_rate(learning_rate),
+        pack=pack,
     )
 
 
@@ -508,6 +532,7 @@ def adamax(
     eps: Scalar = 1e-8,
     *,
     weight_decay: ScalarOrSchedule | None = None,
+    pack: bool | None = None,
 ) -> GradientTransformation:
     """AdaMax: Adam with the infinity norm in place of the root mean square.
 
@@ -522,6 +547,7 @@ def adamax(
         b1, b2: decay rates in $[0, 1)$.
         eps: $\\epsilon \\ge 0$.
         weight_decay: coupled L2 coefficient, or None.
+        pack: packed execution: None (automatic), True or False; see `chain`.
 
     Returns:
         A `GradientTransformation`.
@@ -540,7 +566,7 @@ def adamax(
     References:
         Kingma & Ba, ICLR 2015, section 7.1.
     """
-    return _recipe(_l2(weight_decay), scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))
+    return _recipe(_l2(weight_decay), scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate), pack=pack)
 
 
 def adamaxw(
@@ -550,6 +576,8 @@ def adamaxw(
     eps: Scalar = 1e-8,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Any = None,
+    *,
+    pack: bool | None = None,
 ) -> GradientTransformation:
     """AdaMaxW: AdaMax with decoupled weight decay.
 
@@ -561,6 +589,7 @@ def adamaxw(
         learning_rate, b1, b2, eps: as in `adamax`.
         weight_decay: $\\lambda \\ge 0$, or a schedule.
         mask: which leaves to decay.
+        pack: packed execution: None (automatic), True or False; see `chain`.
 
     Returns:
         A `GradientTransformation`.
@@ -580,5 +609,8 @@ def adamaxw(
         Kingma & Ba, ICLR 2015; Loshchilov & Hutter, ICLR 2019.
     """
     return chain(
-        scale_by_adamax(b1, b2, eps), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate)
+        scale_by_adamax(b1, b2, eps),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+        pack=pack,
     )

@@ -11,6 +11,7 @@ from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import check_leaf_dtypes, elementwise
+from gradchain._packing import PackInfo, mark_packable
 
 
 class ClipState(NamedTuple):
@@ -110,7 +111,8 @@ def clip_by_global_norm(max_norm: float | jax.Array, *, eps: float | jax.Array =
         clipped = jax.tree.map(lambda g: (g * factor).astype(g.dtype), updates)
         return clipped, ClipByGlobalNormState(norm.astype(jnp.float32), hp)
 
-    return GradientTransformation(init, update)
+    # The norm of the packed buffers is the norm of the leaves (summed in another order).
+    return GradientTransformation(init, mark_packable(update, PackInfo("clip_by_global_norm")))
 
 
 class ClipByBlockRmsState(NamedTuple):
