@@ -20,6 +20,7 @@ from gradchain._base import (
     stateless,
 )
 from gradchain._hyperparams import Hyperparams, hyperparams, set_hyperparams
+from gradchain._packing import Packed, pack, unpack
 from gradchain.optimizers.classic import (
     adagrad,
     adam,
@@ -32,6 +33,7 @@ from gradchain.optimizers.classic import (
     rmsprop,
     sgd,
 )
+from gradchain.optimizers.modern import adafactor, lion
 from gradchain.transforms.adaptive import (
     ScaleByAdamState,
     ScaleByAmsgradState,
@@ -54,8 +56,15 @@ from gradchain.transforms.clipping import (
     clip_by_global_norm,
 )
 from gradchain.transforms.debugging import check_finite
+from gradchain.transforms.factored import (
+    ScaleByFactoredRmsState,
+    ScaleByParamBlockRmsState,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
 from gradchain.transforms.momentum import EmaState, TraceState, ema, trace
 from gradchain.transforms.scaling import ScaleState, scale, scale_by_learning_rate, scale_by_schedule
+from gradchain.transforms.sign import ScaleByLionState, ScaleBySignState, scale_by_lion, scale_by_sign
 from gradchain.transforms.weight_decay import WeightDecayState, add_decayed_weights, add_l2_regularization
 
 __version__ = "0.1.0"
@@ -72,6 +81,9 @@ __all__ = [
     "identity",
     "stateless",
     "apply_updates",
+    "Packed",
+    "pack",
+    "unpack",
     # hyperparameters
     "Hyperparams",
     "hyperparams",
@@ -88,6 +100,10 @@ __all__ = [
     "scale_by_amsgrad",
     "scale_by_adamax",
     "scale_by_nadam",
+    "scale_by_sign",
+    "scale_by_lion",
+    "scale_by_factored_rms",
+    "scale_by_param_block_rms",
     "add_decayed_weights",
     "add_l2_regularization",
     "clip",
@@ -107,6 +123,10 @@ __all__ = [
     "ClipState",
     "ClipByGlobalNormState",
     "ClipByBlockRmsState",
+    "ScaleBySignState",
+    "ScaleByLionState",
+    "ScaleByFactoredRmsState",
+    "ScaleByParamBlockRmsState",
     # optimizers
     "sgd",
     "adagrad",
@@ -118,6 +138,8 @@ __all__ = [
     "amsgrad",
     "adamax",
     "adamaxw",
+    "lion",
+    "adafactor",
     # modules
     "schedules",
     "tree",

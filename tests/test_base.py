@@ -224,6 +224,12 @@ CONSTRUCTORS: dict[str, Callable[[], gc.GradientTransformation]] = {
     "amsgrad": lambda: gc.amsgrad(1e-3),
     "adamax": lambda: gc.adamax(2e-3),
     "adamaxw": lambda: gc.adamaxw(2e-3),
+    "scale_by_sign": gc.scale_by_sign,
+    "scale_by_lion": gc.scale_by_lion,
+    "scale_by_factored_rms": lambda: gc.scale_by_factored_rms(min_dim_size_to_factor=2),
+    "scale_by_param_block_rms": gc.scale_by_param_block_rms,
+    "lion": lambda: gc.lion(1e-3),
+    "adafactor": lambda: gc.adafactor(1e-2, min_dim_size_to_factor=2, momentum=0.9, weight_decay_rate=1e-3),
 }
 
 # Public names that are not transformation constructors.
@@ -234,6 +240,9 @@ NOT_TRANSFORMATIONS = {
     "Updates",
     "OptState",
     "apply_updates",
+    "Packed",
+    "pack",
+    "unpack",
     "Hyperparams",
     "hyperparams",
     "set_hyperparams",
