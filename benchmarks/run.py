@@ -87,23 +87,26 @@ def full_config(trees: Sequence[str] = ("large", "mlp", "small", "tiny")) -> Sui
 
 
 QUICK_SMALL_LAYERS = 5
-QUICK_OPTIMIZERS = ("sgd", "adamw", "lion", "adafactor")  # not adam: adamw's code path, without the decay
+QUICK_MLP_LAYERS = 8
+QUICK_OPTIMIZERS = ("adamw", "lion", "adafactor")  # not adam or sgd: adamw covers their code path
 QUICK_NOTES = (
-    "quick: `large` skipped; `small` shrunk to 5 layers (80 leaves, 80K params); no Adam (AdamW's code path); "
+    "quick: `large` skipped; `mlp` shrunk to 8 layers (16 leaves); `small` shrunk to 5 layers (80 leaves, "
+    "80K params); no Adam or SGD (AdamW covers their code path); "
     "steps timed for ~0.05 s (2 to 10 steps, no warm-up besides the checked step) instead of ~1 s (5 to 200, "
     "2 warm-ups); bandwidth triads best of 3 instead of 10.",
-    "quick: `tiny` (20,000 leaves): gradchain's default AdamW step is compiled only (no check against optax, whose "
-    "op-by-op reference alone takes ~40 s at this size, and no steps), with a 20 s limit; unpacked (gradchain "
-    "pack=False, optax) it takes minutes to compile (see `python -m benchmarks.compile_curve`); torch is not run.",
+    "quick: `tiny` (20,000 leaves): gradchain's AdamW step on packed params is compiled only (no check against "
+    "optax, whose op-by-op reference alone takes ~40 s at this size, and no steps), with a 20 s limit; with tree "
+    "params (gradchain's other variants, optax) it takes minutes to compile (see "
+    "`python -m benchmarks.compile_curve`); torch is not run.",
 )
 
 
 def quick_config(trees: Sequence[str] = ("mlp", "small", "tiny")) -> SuiteConfig:
     jobs = {
         "large": TreeJob(TreeSpec.full("large"), plan=QUICK_PLAN),  # only if asked for with --only
-        "mlp": TreeJob(TreeSpec.full("mlp"), plan=QUICK_PLAN),
+        "mlp": TreeJob(TreeSpec("mlp", QUICK_MLP_LAYERS), plan=QUICK_PLAN),
         "small": TreeJob(TreeSpec("small", QUICK_SMALL_LAYERS), plan=QUICK_PLAN),
-        "tiny": TreeJob(TreeSpec.full("tiny"), GRADCHAIN_VARIANTS[:1], optimizers=("adamw",), compile_only=True),
+        "tiny": TreeJob(TreeSpec.full("tiny"), GRADCHAIN_VARIANTS[3:], optimizers=("adamw",), compile_only=True),
     }
     return SuiteConfig(
         tuple(jobs[t] for t in trees),
