@@ -183,10 +183,11 @@ class _PackedRunner:
     def _check_leaves(self, what: str, tree: Any) -> None:
         from gradchain._lift import check_leaf_dtypes  # _lift builds on _base
 
-        for info in self.infos:
-            if info is not None:
-                for leaf_info in packing.flat_infos(info):
-                    check_leaf_dtypes(leaf_info.owner, what, tree, complex_ok=leaf_info.complex_ok)
+        # One walk over the leaves, in the name of the first ingredient that would refuse them.
+        members = [leaf for info in self.infos if info is not None for leaf in packing.flat_infos(info)]
+        strict = next((m for m in members if not m.complex_ok), None)
+        first = strict or members[0]
+        check_leaf_dtypes(first.owner, what, tree, complex_ok=first.complex_ok)
 
     def _layout(self, params: Any) -> packing.Layout | None:
         if isinstance(params, packing.Packed):

@@ -25,6 +25,7 @@ lives here, once, for every ingredient:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -218,13 +219,21 @@ def elementwise(
         p_leaves = treedef.flatten_up_to(params) if uses_params else [None] * len(g_leaves)
         active = _active(owner, mask, params, updates) or [True] * len(g_leaves)
 
+        @functools.cache
+        def scalars_in(dtype):
+            # Hyperparameters, step and shared scalars in a leaf's real compute dtype: cast once per
+            # dtype, not once per leaf, so the traced step does not grow by these casts per leaf.
+            rdtype = real_dtype(compute_dtype(dtype))
+            hp_view = types.SimpleNamespace(**{k: v.astype(rdtype) for k, v in hp_state.items()})
+            return {"hp": hp_view, "t": count.astype(rdtype), **{k: v.astype(rdtype) for k, v in shared.items()}}
+
         out_updates, out_slots = [], [[] for _ in slots]
         for i, g in enumerate(g_leaves):
             stored = [leaves[i] for leaves in slot_leaves]
             if active[i] is False:
                 u, new = g, stored
             else:
-                u, new = _apply(rule, g, stored, p_leaves[i], hp_state, count, uses_params, shared)
+                u, new = _apply(rule, g, stored, p_leaves[i], scalars_in(g.dtype), uses_params)
                 if active[i] is not True:  # a packed buffer holding masked and unmasked leaves
                     u = jnp.where(active[i], u, g)
             out_updates.append(u)
@@ -254,13 +263,12 @@ def _active(owner: str, mask: Any, params: Any, updates: Any) -> list[Any] | Non
     ]
 
 
-def _apply(rule, g, stored, p, hp, count, uses_params, shared):
+def _apply(rule, g, stored, p, scalars, uses_params):
     """Run the rule on one leaf: cast in, compute in at least float32, cast out."""
     cdtype = compute_dtype(g.dtype)
     rdtype = real_dtype(cdtype)
-    hp_view = types.SimpleNamespace(**{k: v.astype(rdtype) for k, v in hp.items()})
     ins = [s.astype(jnp.promote_types(s.dtype, rdtype)) for s in stored]
-    kwargs = {"hp": hp_view, "t": count.astype(rdtype), **{k: v.astype(rdtype) for k, v in shared.items()}}
+    kwargs = dict(scalars)
     if uses_params:
         kwargs["p"] = jnp.asarray(p).astype(cdtype)
     u, new = rule(g.astype(cdtype), *ins, **kwargs)
