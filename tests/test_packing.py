@@ -406,3 +406,27 @@ def test_sharded_leaves_stay_standalone_and_keep_their_sharding():
     assert updates["w"].sharding.is_equivalent_to(sharded, 2)
     ref_updates, _ = gc.adam(1e-3, pack=False).update(grads, gc.adam(1e-3, pack=False).init(params), params)
     assert_trees_close(updates, ref_updates, rtol=1e-6)
+
+
+@pytest.mark.parametrize("committed", [False, True])
+def test_eager_pack_of_many_leaves_runs_on_the_host_and_keeps_placement(committed):
+    # Eagerly, groups of many leaves are concatenated and split with numpy (XLA compiles a
+    # concatenation of N pieces into code that grows with N); the result must equal the traced path
+    # bit for bit, keep every dtype, and land where the leaves were.
+    from gradchain import _packing
+
+    device = jax.devices()[3]
+    tree = {f"l{i:03d}": jnp.asarray(np.arange(i % 7 + 1) * 0.5 + i, [np.float32, jnp.bfloat16][i % 2]) for i in range(150)}
+    if committed:
+        tree = jax.device_put(tree, device)
+    assert sum(1 for _ in jax.tree.leaves(tree)) >= 2 * _packing.HOST_MIN_PIECES
+    packed = gc.pack(tree)
+    traced = jax.jit(gc.pack)(tree)
+    assert_trees_equal(packed.buffers, traced.buffers)
+    assert [b.dtype for b in packed.buffers] == [jnp.dtype(np.float32), jnp.dtype(jnp.bfloat16)]
+    back = gc.unpack(packed)
+    assert_trees_equal(back, tree)
+    assert jax.tree.map(jnp.shape, back) == jax.tree.map(jnp.shape, tree)
+    for leaf in [*packed.buffers, *jax.tree.leaves(back)]:
+        assert leaf.committed == committed
+        assert leaf.devices() == ({device} if committed else {jax.devices()[0]})
