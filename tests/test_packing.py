@@ -416,7 +416,9 @@ def test_eager_pack_of_many_leaves_runs_on_the_host_and_keeps_placement(committe
     from gradchain import _packing
 
     device = jax.devices()[3]
-    tree = {f"l{i:03d}": jnp.asarray(np.arange(i % 7 + 1) * 0.5 + i, [np.float32, jnp.bfloat16][i % 2]) for i in range(150)}
+    tree = {
+        f"l{i:03d}": jnp.asarray(np.arange(i % 7 + 1) * 0.5 + i, [np.float32, jnp.bfloat16][i % 2]) for i in range(150)
+    }
     if committed:
         tree = jax.device_put(tree, device)
     assert sum(1 for _ in jax.tree.leaves(tree)) >= 2 * _packing.HOST_MIN_PIECES
