@@ -75,6 +75,7 @@ class EmptyState(NamedTuple):
 
 
 def _accepts_extra_args(update: Callable) -> bool:
+    """Whether `update` takes `**kwargs` (or has no signature to tell)."""
     try:
         parameters = inspect.signature(update).parameters.values()
     except (TypeError, ValueError):  # builtins and some C callables have no signature
@@ -82,11 +83,24 @@ def _accepts_extra_args(update: Callable) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
+def _accepted_extra_args(update: Callable, extra_args: dict) -> dict:
+    """The extra args `update` takes: all with `**kwargs`, else those its signature names."""
+    try:
+        parameters = inspect.signature(update).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return extra_args
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return extra_args
+    named = {n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return {k: v for k, v in extra_args.items() if k in named}
+
+
 def _call_update(tx: Any, updates, state, params, extra_args):
-    # Transformations written for plain optax take no **extra_args; drop them rather than fail.
-    if extra_args and not _accepts_extra_args(tx.update):
+    # Transformations written for plain optax take no **extra_args: give each only the extra args it
+    # names (`value=` for a loss-driven one), and drop the rest rather than fail.
+    if not extra_args:
         return tx.update(updates, state, params)
-    return tx.update(updates, state, params, **extra_args)
+    return tx.update(updates, state, params, **_accepted_extra_args(tx.update, extra_args))
 
 
 def _check_transform(where: str, tx: Any) -> None:

@@ -182,35 +182,42 @@ class _Entry(NamedTuple):
     node: int  # index of the Hyperparams node in flattening order
     full: str  # the path-qualified key, e.g. "1/eps" or "adam/eps"
     owner: str  # the transformation-qualified key, e.g. "scale_by_rms/eps"
+    named: str | None  # qualified by the user's names on the path alone, e.g. "decay/learning_rate"
 
 
 def _entries(state: Any) -> list[_Entry]:
     """Every hyperparameter of `state`, with the key `hyperparams` shows for it.
 
     A name that occurs once is shown plain. A repeated one is qualified, most readable first: by the
-    names the user gave (a `named_chain`'s names, when the path has any), else by the transformation
-    that holds it (`trace/decay`, `scale_by_rms/decay`: stable when the chain grows), else, for the
-    same transformation used twice, by its position in the state (`0/eps`, `2/eps`).
+    names the user gave (a `named_chain`'s names or a `partition`'s labels, when the path has any:
+    `decay/learning_rate`, or the whole path `decay/2/learning_rate` where the names alone do not
+    tell the entries apart), else by the transformation that holds it (`trace/decay`,
+    `scale_by_rms/decay`: stable when the chain grows), else, for the same transformation used twice,
+    by its position in the state (`0/eps`, `2/eps`).
     """
     raw = []
     for i, (path, node) in enumerate(_nodes(state)):
         prefix = _path_str(path)
-        named = any(isinstance(k, jax.tree_util.DictKey) for k in path)
+        names_on_path = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
         for name in node:
             full = f"{prefix}/{name}" if prefix else name
             owner = f"{node.owner}/{name}" if node.owner else full
+            named = "/".join([*names_on_path, name]) if names_on_path else None
             raw.append((name, i, full, owner, named))
     names = [r[0] for r in raw]
     owners = [r[3] for r in raw]
+    named_keys = [r[4] for r in raw]
     out = []
     for name, i, full, owner, named in raw:
         if names.count(name) == 1:
             key = name
-        elif named or owners.count(owner) > 1:
+        elif named is not None:
+            key = named if named_keys.count(named) == 1 else full
+        elif owners.count(owner) > 1:
             key = full
         else:
             key = owner
-        out.append(_Entry(key, name, i, full, owner))
+        out.append(_Entry(key, name, i, full, owner, named))
     return out
 
 
@@ -302,7 +309,7 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
     for key, value in requested.items():
         # Keys exactly as `hyperparams` shows them, path- or transformation-qualified, win over
         # suffix matches, so that "0/eps" never collides with "1/0/eps".
-        matches = [e for e in entries if key in (e.key, e.full, e.owner)]
+        matches = [e for e in entries if key in (e.key, e.full, e.owner, e.named)]
         if not matches:
             matches = [e for e in entries if e.full.endswith("/" + key)]
         if not matches:

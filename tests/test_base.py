@@ -469,3 +469,18 @@ def test_apply_updates_namedtuple_params():
     assert isinstance(new, _Pair)
     np.testing.assert_array_equal(new.x, 2.0)
     np.testing.assert_array_equal(new.y, 1.0)
+
+
+def test_chain_gives_an_ingredient_the_extra_args_its_signature_names():
+    seen = {}
+
+    def update(updates, state, params=None, *, value):
+        seen["value"] = value
+        return updates, state
+
+    keyword_only = gc.GradientTransformation(lambda p: gc.EmptyState(), update)
+    plain = gc.GradientTransformation(lambda p: gc.EmptyState(), lambda u, s, p=None: (u, s))
+    tx = gc.chain(plain, keyword_only)
+    params = {"w": jnp.ones(2)}
+    tx.update(params, tx.init(params), params, value=3.0, other=1)
+    assert seen == {"value": 3.0}

@@ -152,7 +152,7 @@ def test_qualified_keys_nested():
         ("opt", gc.chain(gc.scale_by_adam(), gc.scale_by_learning_rate(0.1))), ("rms", gc.scale_by_rms())
     )
     assert set(gc.hyperparams(tx.init(make_params()))) == {
-        "b1", "b2", "opt/0/eps", "eps_root", "learning_rate", "decay", "rms/eps"
+        "b1", "b2", "opt/eps", "eps_root", "learning_rate", "decay", "rms/eps"
     }  # fmt: skip
 
 
@@ -160,7 +160,16 @@ def test_hyperparams_of_a_tree_of_states():
     a, b = gc.sgd(0.1), gc.sgd(0.2)
     params = make_params()
     hp = gc.hyperparams({"a": a.init(params), "b": b.init(params)})
-    assert as_floats(hp) == {"a/0/learning_rate": F32(0.1), "b/0/learning_rate": F32(0.2)}
+    # Qualified by the user's names alone: the chain position inside each adds nothing.
+    assert as_floats(hp) == {"a/learning_rate": F32(0.1), "b/learning_rate": F32(0.2)}
+    both = gc.set_hyperparams({"a": a.init(params), "b": b.init(params)}, {"a/0/learning_rate": 0.5})
+    assert as_floats(gc.hyperparams(both))["a/learning_rate"] == F32(0.5)
+
+
+def test_names_on_the_path_that_do_not_tell_entries_apart_fall_back_to_the_full_path():
+    tx = gc.named_chain(("opt", gc.chain(gc.scale_by_rms(eps=1e-3), gc.scale_by_rms(eps=1e-4))))
+    hp = gc.hyperparams(tx.init(make_params()))
+    assert {"opt/0/eps", "opt/1/eps", "opt/0/decay", "opt/1/decay"} <= set(hp)
 
 
 def test_hyperparams_returns_a_plain_dict_of_the_state_arrays():
@@ -248,8 +257,8 @@ def test_set_by_unique_suffix():
         ("opt", gc.chain(gc.scale_by_adam(), gc.scale_by_learning_rate(0.1))), ("rms", gc.scale_by_rms())
     )
     state = tx.init(make_params())
-    new = gc.set_hyperparams(state, {"0/eps": 0.5})  # suffix of "opt/0/eps" only
-    assert gc.hyperparams(new)["opt/0/eps"] == F32(0.5)
+    new = gc.set_hyperparams(state, {"0/eps": 0.5})  # suffix of the full path "opt/0/eps" only
+    assert gc.hyperparams(new)["opt/eps"] == F32(0.5)
     assert gc.hyperparams(new)["rms/eps"] == F32(1e-8)
 
 
