@@ -66,6 +66,31 @@ from gradchain.transforms.momentum import EmaState, TraceState, ema, trace
 from gradchain.transforms.scaling import ScaleState, scale, scale_by_learning_rate, scale_by_schedule
 from gradchain.transforms.sign import ScaleByLionState, ScaleBySignState, scale_by_lion, scale_by_sign
 from gradchain.transforms.weight_decay import WeightDecayState, add_decayed_weights, add_l2_regularization
+from gradchain.wrappers.accumulate import MultiStepsState, has_updated, multi_steps
+from gradchain.wrappers.averaging import (
+    LookaheadState,
+    ParamEmaState,
+    SwaState,
+    averaged_params,
+    ema_params,
+    lookahead,
+    slow_params,
+    swa,
+)
+from gradchain.wrappers.loss_scaling import DynamicLossScaleState, dynamic_loss_scale, loss_scale
+from gradchain.wrappers.partition import (
+    MaskedState,
+    PartitionState,
+    freeze,
+    labels_by_path,
+    mask_by_path,
+    masked,
+    partition,
+    reset_group,
+)
+from gradchain.wrappers.plateau import ReduceOnPlateauState, reduce_on_plateau
+from gradchain.wrappers.safety import ApplyIfFiniteState, SkipOnSpikeState, apply_if_finite, skip_on_spike
+from gradchain.wrappers.sanitize import ZeroNansState, keep_params_nonnegative, zero_nans
 
 __version__ = "0.1.0"
 
@@ -127,6 +152,40 @@ __all__ = [
     "ScaleByLionState",
     "ScaleByFactoredRmsState",
     "ScaleByParamBlockRmsState",
+    # wrappers: parameter groups
+    "masked",
+    "partition",
+    "freeze",
+    "reset_group",
+    "labels_by_path",
+    "mask_by_path",
+    "MaskedState",
+    "PartitionState",
+    # wrappers: accumulation and bad steps
+    "multi_steps",
+    "has_updated",
+    "apply_if_finite",
+    "skip_on_spike",
+    "dynamic_loss_scale",
+    "loss_scale",
+    "zero_nans",
+    "keep_params_nonnegative",
+    "MultiStepsState",
+    "ApplyIfFiniteState",
+    "SkipOnSpikeState",
+    "DynamicLossScaleState",
+    "ZeroNansState",
+    # wrappers: averaging, lookahead, loss-driven schedules
+    "ema_params",
+    "swa",
+    "lookahead",
+    "averaged_params",
+    "slow_params",
+    "reduce_on_plateau",
+    "ParamEmaState",
+    "SwaState",
+    "LookaheadState",
+    "ReduceOnPlateauState",
     # optimizers
     "sgd",
     "adagrad",
