@@ -325,7 +325,8 @@ def named_chain(*transforms: tuple[str, GradientTransformation], pack: bool | No
         return dict(zip(names, runner.init(params), strict=True))
 
     def update(updates, state, params=None, **extra_args):
-        if not isinstance(state, dict) or list(state) != names:
+        # Compared as sets: jax rebuilds dicts with sorted keys, so a jitted state comes back reordered.
+        if not isinstance(state, dict) or set(state) != set(names):
             got = list(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"named_chain: expected a state dict with keys {names}, got {got}")
         updates, new_states = runner.update(updates, [state[name] for name in names], params, extra_args)

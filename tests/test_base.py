@@ -230,7 +230,27 @@ CONSTRUCTORS: dict[str, Callable[[], gc.GradientTransformation]] = {
     "scale_by_param_block_rms": gc.scale_by_param_block_rms,
     "lion": lambda: gc.lion(1e-3),
     "adafactor": lambda: gc.adafactor(1e-2, min_dim_size_to_factor=2, momentum=0.9, weight_decay_rate=1e-3),
+    # wrappers
+    "masked": lambda: gc.masked(gc.adam(1e-3), lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+    "partition": lambda: gc.partition(
+        {"a": gc.sgd(0.1), "b": gc.adam(1e-3)}, lambda p: jax.tree.map(lambda x: "a" if x.ndim > 1 else "b", p)
+    ),
+    "freeze": lambda: gc.freeze(True),
+    "multi_steps": lambda: gc.multi_steps(gc.adam(1e-3), 2),
+    "apply_if_finite": lambda: gc.apply_if_finite(gc.sgd(0.1), 3),
+    "skip_on_spike": lambda: gc.skip_on_spike(gc.sgd(0.1), 3.0),
+    "dynamic_loss_scale": lambda: gc.dynamic_loss_scale(gc.sgd(0.1)),
+    "zero_nans": gc.zero_nans,
+    "keep_params_nonnegative": gc.keep_params_nonnegative,
+    "ema_params": lambda: gc.ema_params(gc.sgd(0.1), 0.9),
+    "swa": lambda: gc.swa(gc.sgd(0.1), 1),
+    "lookahead": lambda: gc.lookahead(gc.sgd(0.1), 2, 0.5),
+    "reduce_on_plateau": lambda: gc.reduce_on_plateau(patience=1),
+    "monitored": lambda: gc.monitored(gc.adam(1e-3)),
+    "from_optax": lambda: gc.from_optax(optax.adam(1e-3)),
 }
+# Transformations that read the loss: both runs get it as `value=`, the second also unknown extra args.
+NEEDS_VALUE = {"skip_on_spike", "reduce_on_plateau"}
 
 # Public names that are not transformation constructors.
 NOT_TRANSFORMATIONS = {
@@ -248,6 +268,16 @@ NOT_TRANSFORMATIONS = {
     "set_hyperparams",
     "schedules",
     "tree",
+    # helpers that read or rebuild states, and builders of labels and masks
+    "reset_group",
+    "labels_by_path",
+    "mask_by_path",
+    "has_updated",
+    "loss_scale",
+    "averaged_params",
+    "slow_params",
+    "metrics",
+    "to_optax",  # returns an optax transformation (tested in test_optax_interop.py)
 }
 
 
@@ -273,9 +303,10 @@ def test_unknown_extra_args_are_ignored(name):
     assert isinstance(tx, gc.GradientTransformation)
     params = make_params()
     s_plain = s_extra = tx.init(params)
+    value = {"value": 1.0} if name in NEEDS_VALUE else {}
     for g in make_grads(3):
-        u_plain, s_plain = tx.update(g, s_plain, params)
-        u_extra, s_extra = tx.update(g, s_extra, params, loss=1.0, foo="bar")
+        u_plain, s_plain = tx.update(g, s_plain, params, **value)
+        u_extra, s_extra = tx.update(g, s_extra, params, **value, loss=1.0, foo="bar")
         assert_trees_equal(u_extra, u_plain)
         assert_trees_equal(s_extra, s_plain)
 
@@ -484,3 +515,14 @@ def test_chain_gives_an_ingredient_the_extra_args_its_signature_names():
     params = {"w": jnp.ones(2)}
     tx.update(params, tx.init(params), params, value=3.0, other=1)
     assert seen == {"value": 3.0}
+
+
+def test_named_chain_with_unsorted_names_runs_under_jit():
+    # jax rebuilds dicts with sorted keys, so the state a jitted step returns is reordered.
+    tx = gc.named_chain(("clip", gc.clip_by_global_norm(1.0)), ("adam", gc.adam(1e-3)))
+    params = {"w": jnp.ones(3)}
+    step = jax.jit(lambda g, s: tx.update(g, s, params))
+    state = tx.init(params)
+    for _ in range(2):
+        updates, state = step(params, state)
+    assert list(state) == ["adam", "clip"] and updates["w"].shape == (3,)
