@@ -39,10 +39,10 @@ class ScaleByFactoredRmsState(NamedTuple):
     """State of `scale_by_factored_rms`: step count, the statistics `v_row`, `v_col`, `v`, hyperparameters.
 
     Every leaf of the params has an entry in each of `v_row`, `v_col` and `v`; only one kind is
-    used per leaf, the other entries are empty placeholders of shape `(0,)` (no memory, but the three
-    trees keep the structure of the params). A factored leaf uses `v_row` (its shape without its
-    largest axis) and `v_col` (its shape without its second largest axis); any other leaf uses `v`
-    (its own shape).
+    used per leaf, the other entries are one-element placeholders of shape `(1,)` (as in optax:
+    checkpointers such as orbax refuse zero-size arrays; the three trees keep the structure of the
+    params). A factored leaf uses `v_row` (its shape without its largest axis) and `v_col` (its shape
+    without its second largest axis); any other leaf uses `v` (its own shape).
     """
 
     count: jax.Array
@@ -71,7 +71,7 @@ def _drop(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return shape[:axis] + shape[axis + 1 :]
 
 
-_PLACEHOLDER_SHAPE = (0,)
+_PLACEHOLDER_SHAPE = (1,)  # not (0,): orbax cannot save zero-size arrays
 
 
 def _state_shapes(shape: tuple[int, ...], dims: tuple[int, int] | None) -> tuple[tuple[int, ...], ...]:
@@ -170,8 +170,7 @@ def scale_by_factored_rms(
     - steps before `step_offset` count as the first step ($t = \\max(\\cdot, 1)$), where optax raises
       0 or a negative number to the power $-c$ (inf or NaN);
     - with $\\epsilon = 0$, a zero statistic gives a zero update instead of NaN;
-    - the unused statistics are empty `(0,)` placeholders (optax: `(1,)`), and `update` does not
-      need the params.
+    - `update` does not need the params.
 
     Complex gradients use $|g|^2$ and keep real statistics.
 
@@ -205,7 +204,7 @@ def scale_by_factored_rms(
         params = {"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}
         state = tx.init(params)
         assert state.v_row["w"].shape == (2,) and state.v_col["w"].shape == (3,)
-        assert state.v["w"].shape == (0,) and state.v["b"].shape == (3,)
+        assert state.v["w"].shape == (1,) and state.v["b"].shape == (3,)  # (1,): an unused placeholder
         g = {"w": jnp.array([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]), "b": jnp.array([-2.0, 0.5, 0.0])}
         u, state = tx.update(g, state)
         assert jnp.allclose(u["b"], jnp.array([-1.0, 1.0, 0.0]))  # first step: g / |g|
