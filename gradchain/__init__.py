@@ -21,6 +21,7 @@ from gradchain._base import (
 )
 from gradchain._hyperparams import Hyperparams, hyperparams, set_hyperparams
 from gradchain._packing import Packed, pack, unpack
+from gradchain.interop import from_optax, to_optax
 from gradchain.optimizers.classic import (
     adagrad,
     adam,
@@ -78,6 +79,7 @@ from gradchain.wrappers.averaging import (
     swa,
 )
 from gradchain.wrappers.loss_scaling import DynamicLossScaleState, dynamic_loss_scale, loss_scale
+from gradchain.wrappers.monitoring import MonitorState, metrics, monitored
 from gradchain.wrappers.partition import (
     MaskedState,
     PartitionState,
@@ -186,6 +188,12 @@ __all__ = [
     "SwaState",
     "LookaheadState",
     "ReduceOnPlateauState",
+    # monitoring and interop
+    "monitored",
+    "metrics",
+    "MonitorState",
+    "from_optax",
+    "to_optax",
     # optimizers
     "sgd",
     "adagrad",
