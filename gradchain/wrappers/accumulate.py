@@ -147,6 +147,11 @@ def has_updated(state: Any) -> jax.Array:
     True after the final micro-step of a real step, False after a non-final one and before the
     first real step (optax's `MultiSteps.has_updated`). Works under `jit` (returns a boolean array).
 
+    It describes the `multi_steps` state only: if a wrapper outside it skipped the last call
+    (`apply_if_finite`, `skip_on_spike`), the `multi_steps` state did not change, and this still
+    reports the real step before. Count real steps from `gradient_step` or the outer wrapper's
+    counters instead.
+
     Args:
         state: a `MultiStepsState`, or any optimizer state containing exactly one.
 

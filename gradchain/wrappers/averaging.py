@@ -6,7 +6,10 @@ kept in the state. `averaged_params(state)` returns that average for evaluation,
 params; `slow_params(state)` returns lookahead's slow weights.
 
 The wrappers see the params as the user will hold them only if nothing changes the updates after
-them: put them outermost (or last in a `chain`), right before `apply_updates`.
+them: put them outermost (or last in a `chain`), or inside wrappers that either pass the inner
+updates through or return zeros without running the inner transformation (`multi_steps`,
+`apply_if_finite`, `skip_on_spike`, `dynamic_loss_scale`, `monitored`). Inside `multi_steps` they
+step once per real step; outside it, once per micro-step (folding in unchanged params).
 """
 
 from __future__ import annotations
@@ -166,8 +169,8 @@ def ema_params(
             keeps each param's dtype.
 
     Returns:
-        A `GradientTransformation` with `ParamEmaState`; put it outermost, right before
-        `apply_updates` (the average is of params + the updates it returns).
+        A `GradientTransformation` with `ParamEmaState`. The average is of params + the updates it
+        returns, so nothing may change those updates (see the module docstring for where it may sit).
 
     Example:
         ```python
@@ -265,7 +268,8 @@ def swa(
         accumulator_dtype: storage dtype of the average; None keeps each param's dtype.
 
     Returns:
-        A `GradientTransformation` with `SwaState`; put it outermost, right before `apply_updates`.
+        A `GradientTransformation` with `SwaState`; nothing may change its updates after it (see the
+        module docstring).
 
     Example:
         ```python
@@ -395,8 +399,8 @@ def lookahead(
         slow_dtype: storage dtype of the slow weights; None keeps each param's dtype.
 
     Returns:
-        A `GradientTransformation` with `LookaheadState`; put it outermost, right before
-        `apply_updates` (it resets the params through its updates).
+        A `GradientTransformation` with `LookaheadState`; it resets the params through its updates, so
+        nothing may change them after it (see the module docstring).
 
     Example:
         ```python
