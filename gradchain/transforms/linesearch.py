@@ -1,0 +1,723 @@
+"""Line searches: scale the update direction by a step size that the objective itself accepts.
+
+Both ingredients take the extra update arguments `value` (the objective at the params), `grad` (its
+gradient there) and `value_fn` (the objective, a function of the params), and search along the
+incoming update direction $u$ for a step size $\\eta$ with a `jax.lax.while_loop`, so the update stays
+jit-compatible. They keep the value (and gradient) at the accepted point in their state, so that the
+next step can read them with `value_and_grad_from_state` instead of evaluating the objective again.
+
+- `scale_by_zoom_linesearch`: strong Wolfe conditions (sufficient decrease and small curvature),
+  by the interval search and zoom of Nocedal & Wright (algorithms 3.5 and 3.6), the line search of
+  L-BFGS.
+- `scale_by_backtracking_linesearch`: sufficient decrease (Armijo) only, by shrinking the step.
+
+They follow optax's `scale_by_zoom_linesearch` and `scale_by_backtracking_linesearch` (same
+arguments, defaults and decisions, so the same iterates), with the numeric hyperparameters held in
+the state. Extra keyword arguments of `update` that `value_fn` names (a batch of data) are passed to
+it; the others are ignored, as everywhere in a gradchain chain (optax raises on them).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradchain._base import GradientTransformation, OptState, Params, Updates
+from gradchain._checks import check_int
+from gradchain._hyperparams import Hyperparams, HyperparamSpec
+from gradchain._lift import check_leaf_dtypes
+
+_ZOOM = "scale_by_zoom_linesearch"
+_BACKTRACKING = "scale_by_backtracking_linesearch"
+
+# ---------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _scalar_dtype(params: Params) -> jnp.dtype:
+    """The dtype of values, slopes and step sizes: the params' widest float dtype, at least float32."""
+    return jnp.result_type(jnp.float32, *(jnp.dtype(x.dtype) for x in jax.tree.leaves(params)))
+
+
+def _vdot(a: Any, b: Any, dtype: jnp.dtype) -> jax.Array:
+    """$\\sum_\\text{leaves} \\langle a, b \\rangle$, accumulated in `dtype`."""
+    terms = [
+        jnp.vdot(x.astype(dtype), y.astype(dtype)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    ]
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros((), dtype)
+
+
+def _along(params: Params, stepsize: jax.Array, updates: Updates) -> Params:
+    """$w + \\eta u$, leaf by leaf, in each param's dtype."""
+    return jax.tree.map(lambda p, u: (p + stepsize * u).astype(p.dtype), params, updates)
+
+
+def _scaled(stepsize: jax.Array, updates: Updates) -> Updates:
+    return jax.tree.map(lambda u: (stepsize * u).astype(u.dtype), updates)
+
+
+def _nan_to_inf(x: jax.Array) -> jax.Array:
+    # A NaN objective (outside its domain) must count as the worst possible error, never as success.
+    return jnp.where(jnp.isnan(x), jnp.inf, x)
+
+
+def _fn_kwargs(value_fn: Callable, extra_args: dict[str, Any]) -> dict[str, Any]:
+    """The extra args that `value_fn` takes: all with `**kwargs`, else those its signature names."""
+    try:
+        parameters = inspect.signature(value_fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(extra_args)
+    return {k: v for k, v in extra_args.items() if k in parameters}
+
+
+def _check_extra_args(owner: str, params: Any, value: Any, grad: Any, value_fn: Any) -> None:
+    missing = [name for name, x in (("value", value), ("grad", grad), ("value_fn", value_fn)) if x is None]
+    if missing:
+        raise TypeError(
+            f"{owner}: update needs the extra keyword arguments value (the objective at params), grad "
+            f"(its gradient) and value_fn (the objective); missing: {', '.join(missing)}. Call "
+            "tx.update(grad, state, params, value=value, grad=grad, value_fn=fn)"
+        )
+    if not callable(value_fn):
+        raise TypeError(f"{owner}: value_fn must be callable, got {value_fn!r}")
+    if params is None:
+        raise TypeError(f"{owner}: update needs the params (the point the line search starts from)")
+    check_leaf_dtypes(owner, "param", params, complex_ok=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Zoom line search (strong Wolfe)
+
+
+class ZoomLinesearchInfo(NamedTuple):
+    """What the last zoom line search did: evaluations made, and the errors of the two conditions.
+
+    A positive `decrease_error` means no step with sufficient decrease was found (the step taken may
+    not decrease the objective); a positive `curvature_error` alone is milder (the step decreases the
+    objective but the curvature condition does not hold, for example with a small
+    `max_learning_rate`).
+    """
+
+    num_linesearch_steps: jax.Array
+    decrease_error: jax.Array
+    curvature_error: jax.Array
+
+
+class ScaleByZoomLinesearchState(NamedTuple):
+    """State of `scale_by_zoom_linesearch`.
+
+    `learning_rate` is the step size accepted at the last step; `value` and `grad` are the objective
+    and its gradient at the accepted point (`value` is `inf` before the first step), read back by
+    `value_and_grad_from_state`; `info` is a `ZoomLinesearchInfo`.
+    """
+
+    learning_rate: jax.Array
+    value: jax.Array
+    grad: Updates
+    info: ZoomLinesearchInfo
+    hyperparams: Hyperparams
+
+
+class _Zoom(NamedTuple):
+    """The loop state of one zoom line search (one point on the line, the bracket, the best safe step)."""
+
+    count: jax.Array
+    stepsize: jax.Array
+    value: jax.Array
+    grad: Updates
+    slope: jax.Array
+    decrease_error: jax.Array
+    curvature_error: jax.Array
+    interval_found: jax.Array
+    done: jax.Array
+    failed: jax.Array
+    low: jax.Array
+    value_low: jax.Array
+    slope_low: jax.Array
+    high: jax.Array
+    value_high: jax.Array
+    slope_high: jax.Array
+    cubic_ref: jax.Array
+    value_cubic_ref: jax.Array
+    safe_stepsize: jax.Array
+    safe_value: jax.Array
+    safe_grad: Updates
+
+
+def _cubic_minimizer(a, fa, dfa, b, fb, c, fc):
+    """The critical point of the cubic through $(a, f_a)$ with slope $f'_a$, $(b, f_b)$ and $(c, f_c)$.
+
+    NaN when the cubic has none (negative discriminant); the caller then rejects it.
+    """
+    db, dc = b - a, c - a
+    rb, rc = fb - fa - dfa * db, fc - fa - dfa * dc  # what the linear part leaves over at b and c
+    denom = (db * dc) ** 2 * (db - dc)
+    p3 = (dc**2 * rb - db**2 * rc) / denom  # coefficient of (x - a)^3
+    p2 = (db**3 * rc - dc**3 * rb) / denom  # coefficient of (x - a)^2
+    return a + (-p2 + jnp.sqrt(p2 * p2 - 3.0 * p3 * dfa)) / (3.0 * p3)
+
+
+def _quadratic_minimizer(a, fa, dfa, b, fb):
+    """The critical point of the quadratic through $(a, f_a)$ with slope $f'_a$ and $(b, f_b)$."""
+    db = b - a
+    p2 = (fb - fa - dfa * db) / db**2
+    return a - dfa / (2.0 * p2)
+
+
+def scale_by_zoom_linesearch(
+    max_linesearch_steps: int,
+    max_learning_rate: float | jax.Array | None = None,
+    tol: float | jax.Array = 0.0,
+    increase_factor: float | jax.Array = 2.0,
+    slope_rtol: float | jax.Array = 1e-4,
+    curv_rtol: float | jax.Array = 0.9,
+    approx_dec_rtol: float | jax.Array | None = 1e-6,
+    stepsize_precision: float | jax.Array = 1e-5,
+    initial_guess_strategy: str = "keep",
+) -> GradientTransformation:
+    """Scale the update direction by a step size satisfying the strong Wolfe conditions (zoom line search).
+
+    With $w$ the params, $u$ the incoming update, $f$ the objective and $\\phi(\\eta) = f(w + \\eta u)$,
+    find $\\eta$ with sufficient decrease and small curvature:
+
+    $$ \\phi(\\eta) \\le \\phi(0) + c_1 \\eta\\, \\phi'(0) + \\epsilon, \\qquad
+       |\\phi'(\\eta)| \\le c_2 |\\phi'(0)| + \\epsilon $$
+
+    and return $\\eta u$. The sufficient decrease may also be met by the approximate Wolfe condition
+    of Hager & Zhang, $\\phi'(\\eta) \\le (2c_1 - 1)\\phi'(0)$ and
+    $\\phi(\\eta) \\le \\phi(0) + \\delta |\\phi(0)|$, which holds near a minimum where rounding hides the
+    decrease. The search first grows a trial step (by `increase_factor` from the initial guess)
+    until it brackets an acceptable one, then zooms into the bracket by cubic or quadratic
+    interpolation, or bisection when these fall too close to an end (Nocedal & Wright, algorithms
+    3.5 and 3.6). When it runs out of steps, or the bracket shrinks below `stepsize_precision`, it
+    takes the best step with sufficient decrease met so far, if any. Each step of the search costs
+    one evaluation of the value and gradient of $f$; the value and gradient at the accepted point
+    are stored in the state (read them with `value_and_grad_from_state`).
+
+    This is optax's `scale_by_zoom_linesearch`, with the same arguments (less `verbose`), defaults
+    and decisions. Differences: the numeric arguments are hyperparameters in the state (`tol`,
+    `increase_factor`, `slope_rtol`, `curv_rtol`, `stepsize_precision`, and `max_learning_rate` and
+    `approx_dec_rtol` when not None); extra args that `value_fn` does not take are ignored rather than
+    rejected; complex params are not supported.
+
+    Args:
+        max_linesearch_steps: the most evaluations of $f$ per search (static integer $\\ge 1$).
+        max_learning_rate: the largest step size tried, or None for no bound.
+        tol: $\\epsilon \\ge 0$, the slack on both conditions.
+        increase_factor: $> 0$, the growth of the trial step while bracketing.
+        slope_rtol: $c_1 \\ge 0$ of the sufficient decrease condition.
+        curv_rtol: $c_2 \\ge 0$ of the curvature condition (`inf` turns it off: a backtracking
+            search by interpolation).
+        approx_dec_rtol: $\\delta \\ge 0$ of the approximate Wolfe condition, or None to use only
+            the Armijo condition.
+        stepsize_precision: $> 0$; a bracket shorter than this ends the search with the best step
+            found that decreases $f$ enough.
+        initial_guess_strategy: `"keep"` starts from the last accepted step size, `"one"` from 1
+            (the natural step of a quasi-Newton direction).
+
+    Returns:
+        A `GradientTransformation` with `ScaleByZoomLinesearchState`; its `update` needs the
+        keyword arguments `value`, `grad` and `value_fn` (TypeError naming those missing).
+
+    Example:
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import gradchain as gc
+        from gradchain.transforms.linesearch import scale_by_zoom_linesearch, value_and_grad_from_state
+
+        f = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
+        tx = gc.chain(gc.scale(-1.0), scale_by_zoom_linesearch(max_linesearch_steps=15))
+        params = {"w": jnp.zeros(2)}
+        state = tx.init(params)
+        value_and_grad = value_and_grad_from_state(f)
+        value, grad = value_and_grad(params, state=state)
+        updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=f)
+        params = gc.apply_updates(params, updates)
+        # The exact minimiser along -grad is at step 1/2; it meets both Wolfe conditions.
+        assert jnp.allclose(params["w"], 3.0) and state[1].learning_rate == 0.5
+        assert state[1].value == f(params)  # kept for the next step: no recomputation
+        ```
+
+    References:
+        Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006, algorithms 3.5 and 3.6; Hager &
+        Zhang, *Algorithm 851: CG_DESCENT, a conjugate gradient method with guaranteed descent*,
+        ACM TOMS 2006.
+    """
+    max_steps = check_int(f"{_ZOOM}: max_linesearch_steps", max_linesearch_steps, minimum=1)
+    if initial_guess_strategy not in ("keep", "one"):
+        raise ValueError(f"{_ZOOM}: initial_guess_strategy must be 'keep' or 'one', got {initial_guess_strategy!r}")
+    _check_curv_rtol(curv_rtol)
+    entries: dict[str, tuple[Any, str]] = dict(
+        tol=(tol, "nonnegative"),
+        increase_factor=(increase_factor, "positive"),
+        slope_rtol=(slope_rtol, "nonnegative"),
+        curv_rtol=(curv_rtol, "any"),  # checked above: inf is allowed (no curvature condition)
+        stepsize_precision=(stepsize_precision, "positive"),
+    )
+    if max_learning_rate is not None:
+        entries["max_learning_rate"] = (max_learning_rate, "positive")
+    if approx_dec_rtol is not None:
+        entries["approx_dec_rtol"] = (approx_dec_rtol, "nonnegative")
+    spec = HyperparamSpec(_ZOOM, allow_schedules=False, **entries)
+
+    def init(params):
+        check_leaf_dtypes(_ZOOM, "param", params, complex_ok=False)
+        dtype = _scalar_dtype(params)
+        return ScaleByZoomLinesearchState(
+            learning_rate=jnp.ones((), dtype),
+            value=jnp.full((), jnp.inf, dtype),
+            grad=jax.tree.map(jnp.zeros_like, params),
+            info=ZoomLinesearchInfo(
+                jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, dtype), jnp.full((), jnp.inf, dtype)
+            ),
+            hyperparams=spec.init(),
+        )
+
+    def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, **extra_args):
+        _check_extra_args(_ZOOM, params, value, grad, value_fn)
+        dtype = _scalar_dtype(params)
+        hp = jax.tree.map(lambda x: x.astype(dtype), dict(state.hyperparams))
+        fn_kwargs = _fn_kwargs(value_fn, extra_args)
+        value_and_grad = jax.value_and_grad(lambda p: value_fn(p, **fn_kwargs))
+        value0 = jnp.asarray(value, dtype)
+        grad = jax.tree.map(lambda g, p: jnp.asarray(g, p.dtype), grad, params)
+        slope0 = _vdot(updates, grad, dtype)
+        # The first trial step: the last accepted one ("keep"), or 1 (a quasi-Newton step).
+        guess = state.learning_rate.astype(dtype) if initial_guess_strategy == "keep" else jnp.ones((), dtype)
+
+        def on_line(stepsize):
+            v, g = value_and_grad(_along(params, stepsize, updates))
+            g = jax.tree.map(lambda gi, p: gi.astype(p.dtype), g, params)
+            return jnp.asarray(v, dtype), g, _vdot(g, updates, dtype)
+
+        def errors(stepsize, v, slope):
+            decrease = v - value0 - hp["slope_rtol"] * stepsize * slope0  # Armijo
+            if "approx_dec_rtol" in hp:  # approximate Wolfe (Hager & Zhang)
+                approx = jnp.maximum(
+                    slope - (2 * hp["slope_rtol"] - 1.0) * slope0,
+                    v - value0 - hp["approx_dec_rtol"] * jnp.abs(value0),
+                )
+                decrease = jnp.minimum(decrease, approx)
+            curvature = jnp.abs(slope) - hp["curv_rtol"] * jnp.abs(slope0)
+            return _nan_to_inf(jnp.maximum(decrease, 0.0)), _nan_to_inf(jnp.maximum(curvature, 0.0))
+
+        def pick(cond, a, b):
+            return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+        def search_interval(s: _Zoom) -> _Zoom:
+            # Algorithm 3.5: grow the trial step until it brackets an acceptable one.
+            stepsize = jnp.where(s.count == 0, guess, hp["increase_factor"] * s.stepsize)
+            at_max = jnp.asarray(False)
+            if "max_learning_rate" in hp:
+                at_max = stepsize >= hp["max_learning_rate"]
+                stepsize = jnp.minimum(stepsize, hp["max_learning_rate"])
+            v, g, slope = on_line(stepsize)
+            dec, curv = errors(stepsize, v, slope)
+            error = jnp.maximum(dec, curv)
+            safe = pick(dec <= hp["tol"], (stepsize, v, g), (s.safe_stepsize, s.safe_value, s.safe_grad))
+            # Too far: the objective went up (or not down enough): the minimum is before this step.
+            high_is_new = (dec > 0.0) | ((v >= s.value) & (s.count > 0))
+            # Gone past the minimum while still going down enough: the bracket runs backwards.
+            low_is_new = (slope >= 0.0) & ~high_is_new
+            new, prev = (stepsize, v, slope), (s.stepsize, s.value, s.slope)
+            low, high = pick(low_is_new, new, prev), pick(low_is_new, prev, new)
+            found = high_is_new | low_is_new | (error <= hp["tol"])
+            done = (error <= hp["tol"]) | (at_max & ~found)
+            return s._replace(
+                count=s.count + 1,
+                stepsize=stepsize,
+                value=v,
+                grad=g,
+                slope=slope,
+                decrease_error=dec,
+                curvature_error=curv,
+                interval_found=found,
+                done=done,
+                failed=(s.count + 1 >= max_steps) & ~done,
+                low=low[0],
+                value_low=low[1],
+                slope_low=low[2],
+                high=high[0],
+                value_high=high[1],
+                slope_high=high[2],
+                cubic_ref=low[0],
+                value_cubic_ref=low[1],
+                safe_stepsize=safe[0],
+                safe_value=safe[1],
+                safe_grad=safe[2],
+            )
+
+        def zoom(s: _Zoom) -> _Zoom:
+            # Algorithm 3.6: shrink the bracket [low, high] around an acceptable step.
+            width = jnp.abs(s.high - s.low)
+            left, right = jnp.minimum(s.low, s.high), jnp.maximum(s.low, s.high)
+            cubic = _cubic_minimizer(
+                s.low, s.value_low, s.slope_low, s.high, s.value_high, s.cubic_ref, s.value_cubic_ref
+            )
+            quadratic = _quadratic_minimizer(s.low, s.value_low, s.slope_low, s.high, s.value_high)
+            # An interpolant's minimum too close to an end of the bracket would shrink it too slowly.
+            cubic_ok = (cubic > left + 0.2 * width) & (cubic < right - 0.2 * width)
+            quadratic_ok = (quadratic > left + 0.1 * width) & (quadratic < right - 0.1 * width)
+            middle = jnp.where(cubic_ok, cubic, jnp.where(quadratic_ok, quadratic, (s.low + s.high) / 2.0))
+            v, g, slope = on_line(middle)
+            dec, curv = errors(middle, v, slope)
+            error = jnp.maximum(dec, curv)
+            better_safe = (dec <= hp["tol"]) & (v < s.safe_value)
+            safe = pick(better_safe, (middle, v, g), (s.safe_stepsize, s.safe_value, s.safe_grad))
+            done = error <= hp["tol"]
+            high_is_middle = (dec > 0.0) | (v >= s.value_low)
+            high_is_low = (slope * (s.high - s.low) >= 0.0) & ~high_is_middle
+            mid, old_low, old_high = (
+                (middle, v, slope),
+                (s.low, s.value_low, s.slope_low),
+                (s.high, s.value_high, s.slope_high),
+            )
+            high = pick(high_is_middle, mid, pick(high_is_low, old_low, old_high))
+            low = pick(high_is_middle, old_low, mid)
+            # The third point of the next cubic: the end of the bracket that was dropped.
+            ref = pick(high_is_middle | high_is_low, old_high[:2], old_low[:2])
+            too_narrow = (width <= hp["stepsize_precision"]) & (safe[0] > 0.0)
+            return s._replace(
+                count=s.count + 1,
+                stepsize=middle,
+                value=v,
+                grad=g,
+                slope=slope,
+                decrease_error=dec,
+                curvature_error=curv,
+                done=done,
+                failed=((s.count + 1 >= max_steps) | too_narrow) & ~done,
+                low=low[0],
+                value_low=low[1],
+                slope_low=low[2],
+                high=high[0],
+                value_high=high[1],
+                slope_high=high[2],
+                cubic_ref=ref[0],
+                value_cubic_ref=ref[1],
+                safe_stepsize=safe[0],
+                safe_value=safe[1],
+                safe_grad=safe[2],
+            )
+
+        def fall_back(s: _Zoom) -> _Zoom:
+            # Out of steps: take the best step with sufficient decrease, or none (0) when even the
+            # last trial left the objective's domain.
+            use_safe = (s.safe_stepsize > 0.0) | jnp.isinf(s.decrease_error)
+            stepsize, v, g = pick(use_safe, (s.safe_stepsize, s.safe_value, s.safe_grad), (s.stepsize, s.value, s.grad))
+            return s._replace(stepsize=stepsize, value=v, grad=g)
+
+        def body(s: _Zoom) -> _Zoom:
+            s = jax.lax.cond(s.interval_found, zoom, search_interval, s)
+            return jax.lax.cond(s.failed, fall_back, lambda x: x, s)
+
+        zero = jnp.zeros((), dtype)
+        start = _Zoom(
+            count=jnp.zeros((), jnp.int32),
+            stepsize=zero,
+            value=value0,
+            grad=grad,
+            slope=slope0,
+            decrease_error=jnp.full((), jnp.inf, dtype),
+            curvature_error=jnp.full((), jnp.inf, dtype),
+            interval_found=jnp.asarray(False),
+            done=jnp.asarray(False),
+            failed=jnp.asarray(False),
+            low=zero,
+            value_low=value0,
+            slope_low=slope0,
+            high=zero,
+            value_high=value0,
+            slope_high=slope0,
+            cubic_ref=zero,
+            value_cubic_ref=value0,
+            safe_stepsize=zero,
+            safe_value=value0,
+            safe_grad=grad,
+        )
+        final = jax.lax.while_loop(lambda s: ~(s.done | s.failed), body, start)
+        new_state = ScaleByZoomLinesearchState(
+            learning_rate=final.stepsize.astype(state.learning_rate.dtype),
+            value=final.value.astype(state.value.dtype),
+            grad=jax.tree.map(lambda g, old: g.astype(old.dtype), final.grad, state.grad),
+            info=ZoomLinesearchInfo(
+                final.count,
+                final.decrease_error.astype(state.info.decrease_error.dtype),
+                final.curvature_error.astype(state.info.curvature_error.dtype),
+            ),
+            hyperparams=state.hyperparams,
+        )
+        return _scaled(final.stepsize, updates), new_state
+
+    return GradientTransformation(init, update)
+
+
+def _check_curv_rtol(curv_rtol: Any) -> None:
+    if isinstance(curv_rtol, (int, float)) and not isinstance(curv_rtol, bool) and not curv_rtol >= 0:
+        raise ValueError(f"{_ZOOM}: curv_rtol must be a number >= 0 (inf allowed), got {curv_rtol!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backtracking line search (Armijo)
+
+
+class BacktrackingLinesearchInfo(NamedTuple):
+    """What the last backtracking search did: evaluations made, and the error of the Armijo condition."""
+
+    num_linesearch_steps: jax.Array
+    decrease_error: jax.Array
+
+
+class ScaleByBacktrackingLinesearchState(NamedTuple):
+    """State of `scale_by_backtracking_linesearch`.
+
+    `learning_rate` is the step size accepted at the last step; `value` the objective at the accepted
+    point (`inf` before the first step); `grad` its gradient there with `store_grad=True`, else None;
+    `info` a `BacktrackingLinesearchInfo`.
+    """
+
+    learning_rate: jax.Array
+    value: jax.Array
+    grad: Updates | None
+    info: BacktrackingLinesearchInfo
+    hyperparams: Hyperparams
+
+
+def scale_by_backtracking_linesearch(
+    max_backtracking_steps: int,
+    slope_rtol: float | jax.Array = 1e-4,
+    decrease_factor: float | jax.Array = 0.8,
+    increase_factor: float | jax.Array = 1.5,
+    max_learning_rate: float | jax.Array = 1.0,
+    atol: float | jax.Array = 0.0,
+    rtol: float | jax.Array = 0.0,
+    store_grad: bool = False,
+) -> GradientTransformation:
+    """Scale the update direction by a step size with sufficient decrease (backtracking, Armijo).
+
+    With $w$ the params, $u$ the incoming update and $f$ the objective, start from
+    $\\eta = \\min(\\gamma_+ \\eta_\\text{prev}, \\eta_\\max)$ and multiply it by $\\gamma_-$ until
+
+    $$ f(w + \\eta u) \\le (1 + \\delta) f(w) + c\\, \\eta \\langle u, \\nabla f(w) \\rangle + \\epsilon $$
+
+    or `max_backtracking_steps` reductions have been made (then the last $\\eta$ is taken, or 0 if the
+    objective there is NaN or infinite), and return $\\eta u$. Each trial costs one evaluation of
+    $f$; with `store_grad=True` the gradient at the accepted point is computed too (one backward
+    pass, from the accepted trial's forward pass) and stored with the value, for
+    `value_and_grad_from_state`.
+
+    This is optax's `scale_by_backtracking_linesearch`, with the same arguments (less `verbose`),
+    defaults and decisions (so up to `max_backtracking_steps + 1` evaluations). Differences: the
+    numeric arguments are hyperparameters in the state; extra args that `value_fn` does not take are
+    ignored rather than rejected; complex params are not supported.
+
+    Args:
+        max_backtracking_steps: the most reductions of the step per search (static integer $\\ge 0$).
+        slope_rtol: $c \\ge 0$, the fraction of the linear decrease required.
+        decrease_factor: $\\gamma_- \\in [0, 1)$, the reduction of the step.
+        increase_factor: $\\gamma_+ > 0$, the growth of the previous step to start the next search
+            (1 starts from the previous step, `inf` always from `max_learning_rate`).
+        max_learning_rate: $\\eta_\\max > 0$, the largest step size tried.
+        atol: $\\epsilon \\ge 0$, absolute slack on the decrease.
+        rtol: $\\delta \\ge 0$, relative slack on the decrease.
+        store_grad: keep the gradient at the accepted point in the state (static).
+
+    Returns:
+        A `GradientTransformation` with `ScaleByBacktrackingLinesearchState`; its `update` needs the
+        keyword arguments `value`, `grad` and `value_fn` (TypeError naming those missing).
+
+    Example:
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import gradchain as gc
+        from gradchain.transforms.linesearch import scale_by_backtracking_linesearch
+
+        f = lambda p: jnp.sum(p["w"] ** 2)
+        tx = gc.chain(gc.scale(-1.0), scale_by_backtracking_linesearch(max_backtracking_steps=15))
+        params = {"w": jnp.array([1.0, 2.0])}
+        state = tx.init(params)
+        value, grad = jax.value_and_grad(f)(params)
+        updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=f)
+        # Step 1 overshoots to -w (no decrease); 0.8 gives -0.6 w, which decreases f enough.
+        assert jnp.isclose(state[1].learning_rate, 0.8) and state[1].info.num_linesearch_steps == 2
+        assert jnp.allclose(gc.apply_updates(params, updates)["w"], jnp.array([-0.6, -1.2]))
+        ```
+
+    References:
+        Armijo, *Minimization of functions having Lipschitz continuous first partial derivatives*,
+        Pacific Journal of Mathematics, 1966; Nocedal & Wright, *Numerical Optimization*, 2nd ed.,
+        2006, algorithm 3.1.
+    """
+    max_steps = check_int(f"{_BACKTRACKING}: max_backtracking_steps", max_backtracking_steps)
+    if not isinstance(store_grad, bool):
+        raise TypeError(f"{_BACKTRACKING}: store_grad must be a bool, got {store_grad!r}")
+    if isinstance(increase_factor, (int, float)) and not increase_factor > 0:
+        raise ValueError(
+            f"{_BACKTRACKING}: increase_factor must be a number > 0 (inf allowed), got {increase_factor!r}"
+        )
+    spec = HyperparamSpec(
+        _BACKTRACKING,
+        allow_schedules=False,
+        slope_rtol=(slope_rtol, "nonnegative"),
+        decrease_factor=(decrease_factor, "unit_interval"),
+        increase_factor=(increase_factor, "any"),  # checked above: inf is allowed
+        max_learning_rate=(max_learning_rate, "positive"),
+        atol=(atol, "nonnegative"),
+        rtol=(rtol, "nonnegative"),
+    )
+
+    def init(params):
+        check_leaf_dtypes(_BACKTRACKING, "param", params, complex_ok=False)
+        dtype = _scalar_dtype(params)
+        return ScaleByBacktrackingLinesearchState(
+            learning_rate=jnp.ones((), dtype),
+            value=jnp.full((), jnp.inf, dtype),
+            grad=jax.tree.map(jnp.zeros_like, params) if store_grad else None,
+            info=BacktrackingLinesearchInfo(jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, dtype)),
+            hyperparams=spec.init(),
+        )
+
+    def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, **extra_args):
+        _check_extra_args(_BACKTRACKING, params, value, grad, value_fn)
+        dtype = _scalar_dtype(params)
+        hp = jax.tree.map(lambda x: x.astype(dtype), dict(state.hyperparams))
+        fn_kwargs = _fn_kwargs(value_fn, extra_args)
+        value0 = jnp.asarray(value, dtype)
+        slope0 = _vdot(updates, grad, dtype)
+        no_grad = jax.tree.map(jnp.zeros_like, params)
+
+        def decrease_error(stepsize, v):
+            excess = v - (1.0 + hp["rtol"]) * value0 - stepsize * hp["slope_rtol"] * slope0
+            return jnp.maximum(_nan_to_inf(excess), 0.0)
+
+        def body(loop):
+            stepsize, _, g, _, count = loop
+            stepsize = jnp.where(count > 0, hp["decrease_factor"] * stepsize, stepsize)
+            trial = _along(params, stepsize, updates)
+            if store_grad:
+                v, pullback = jax.vjp(lambda p: value_fn(p, **fn_kwargs), trial)
+                v = jnp.asarray(v, dtype)
+                dec = decrease_error(stepsize, v)
+                # The backward pass only for the step that will be taken.
+                last = (dec <= hp["atol"]) | (count == max_steps)
+                g = jax.lax.cond(
+                    last,
+                    lambda: jax.tree.map(lambda x, p: x.astype(p.dtype), pullback(jnp.ones((), v.dtype))[0], params),
+                    lambda: g,
+                )
+            else:
+                v = jnp.asarray(value_fn(trial, **fn_kwargs), dtype)
+                dec = decrease_error(stepsize, v)
+            return stepsize, v, g, dec, count + 1
+
+        def keep_going(loop):
+            _, _, _, dec, count = loop
+            return ~(dec <= hp["atol"]) & (count <= max_steps)
+
+        start = (
+            jnp.minimum(hp["increase_factor"] * state.learning_rate.astype(dtype), hp["max_learning_rate"]),
+            value0,
+            no_grad,
+            jnp.full((), jnp.inf, dtype),
+            jnp.zeros((), jnp.int32),
+        )
+        stepsize, v, g, dec, count = jax.lax.while_loop(keep_going, body, start)
+        # No finite value anywhere on the searched steps: stay put rather than step into NaNs.
+        stepsize = jnp.where(jnp.isinf(dec), 0.0, stepsize)
+        new_state = ScaleByBacktrackingLinesearchState(
+            learning_rate=stepsize.astype(state.learning_rate.dtype),
+            value=v.astype(state.value.dtype),
+            grad=g if store_grad else None,
+            info=BacktrackingLinesearchInfo(count, dec.astype(state.info.decrease_error.dtype)),
+            hyperparams=state.hyperparams,
+        )
+        return _scaled(stepsize, updates), new_state
+
+    return GradientTransformation(init, update)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reusing the line search's evaluation
+
+_LINESEARCH_STATES = (ScaleByZoomLinesearchState, ScaleByBacktrackingLinesearchState)
+
+
+def find_linesearch_state(state: OptState) -> ScaleByZoomLinesearchState | ScaleByBacktrackingLinesearchState | None:
+    """The line-search state inside an optimizer state (a chain of any nesting), or None if it has none.
+
+    Raises ValueError if the state holds more than one line search (which one's value to use would
+    be ambiguous).
+    """
+    found = [
+        node
+        for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, _LINESEARCH_STATES))
+        if isinstance(node, _LINESEARCH_STATES)
+    ]
+    if len(found) > 1:
+        raise ValueError(f"the optimizer state holds {len(found)} line searches; expected at most one")
+    return found[0] if found else None
+
+
+def value_and_grad_from_state(value_fn: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Array, Updates]]:
+    """Like `jax.value_and_grad(value_fn)`, but reuse the value and gradient a line search stored.
+
+    The returned function is called as `fn(params, *args, state=opt_state, **kwargs)`. It finds the
+    line-search state in `opt_state` (see `find_linesearch_state`); if the value stored there is
+    finite, it returns the stored value and gradient (computed by the line search at the point it
+    accepted, which is `params` when the update has been applied), otherwise (before the first step,
+    or after a non-finite value) it evaluates `jax.value_and_grad(value_fn)(params, *args, **kwargs)`.
+    As `optax.value_and_grad_from_state`; the stored values are only valid when the objective does
+    not change between steps (full batch).
+
+    Args:
+        value_fn: the objective, a scalar function of the params (and further arguments).
+
+    Returns:
+        A function `(params, *args, state, **kwargs) -> (value, grad)`. It raises ValueError if
+        `state` holds no line search, or one that does not store the gradient
+        (`scale_by_backtracking_linesearch(store_grad=False)`).
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        from gradchain.optimizers.lbfgs import lbfgs
+        from gradchain.transforms.linesearch import value_and_grad_from_state
+
+        f = lambda w: jnp.sum((w - 1.0) ** 2)
+        tx = lbfgs()
+        params = jnp.zeros(3)
+        state = tx.init(params)
+        value_and_grad = value_and_grad_from_state(f)
+        value, grad = value_and_grad(params, state=state)  # first step: computed
+        updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=f)
+        params = params + updates
+        value, grad = value_and_grad(params, state=state)  # now read from the state
+        assert value == state[2].value and jnp.allclose(value, f(params))
+        ```
+    """
+    value_and_grad = jax.value_and_grad(value_fn)
+
+    def fn(params: Params, *args: Any, state: OptState, **kwargs: Any) -> tuple[jax.Array, Updates]:
+        ls = find_linesearch_state(state)
+        if ls is None:
+            raise ValueError("value_and_grad_from_state: the optimizer state holds no line search")
+        if ls.grad is None:
+            raise ValueError(
+                "value_and_grad_from_state: the line search does not store the gradient; build it with store_grad=True"
+            )
+
+        def compute():
+            v, g = value_and_grad(params, *args, **kwargs)
+            return jnp.asarray(v, ls.value.dtype), jax.tree.map(lambda x, s: x.astype(s.dtype), g, ls.grad)
+
+        return jax.lax.cond(jnp.isfinite(ls.value), lambda: (ls.value, ls.grad), compute)
+
+    return fn
