@@ -22,6 +22,7 @@ from gradchain._base import (
 from gradchain._hyperparams import Hyperparams, hyperparams, set_hyperparams
 from gradchain._packing import Packed, pack, unpack
 from gradchain.interop import from_optax, to_optax
+from gradchain.optimizers.adam_variants import adabelief, adan, novograd, radam, yogi
 from gradchain.optimizers.classic import (
     adagrad,
     adam,
@@ -34,7 +35,30 @@ from gradchain.optimizers.classic import (
     rmsprop,
     sgd,
 )
+from gradchain.optimizers.layerwise import fromage, lamb, lars, sm3
+from gradchain.optimizers.lbfgs import MinimizeResult, ScaleByLbfgsState, lbfgs, minimize, scale_by_lbfgs
 from gradchain.optimizers.modern import adafactor, lion
+from gradchain.optimizers.sgd_variants import (
+    adadelta,
+    asgd,
+    noisy_sgd,
+    optimistic_adam,
+    optimistic_gradient_descent,
+    polyak_sgd,
+    rprop,
+    sign_sgd,
+    signum,
+)
+from gradchain.transforms.adam_variants import (
+    ScaleByAdanState,
+    ScaleByBeliefState,
+    ScaleByNovogradState,
+    scale_by_adan,
+    scale_by_belief,
+    scale_by_novograd,
+    scale_by_radam,
+    scale_by_yogi,
+)
 from gradchain.transforms.adaptive import (
     ScaleByAdamState,
     ScaleByAmsgradState,
@@ -63,8 +87,44 @@ from gradchain.transforms.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradchain.transforms.layerwise import (
+    AdaptiveGradClipState,
+    ScaleByFromageStepState,
+    ScaleByParamBlockNormState,
+    ScaleBySM3State,
+    ScaleByTrustRatioState,
+    adaptive_grad_clip,
+    centralize,
+    scale_by_fromage_step,
+    scale_by_param_block_norm,
+    scale_by_sm3,
+    scale_by_trust_ratio,
+)
+from gradchain.transforms.linesearch import (
+    ScaleByBacktrackingLinesearchState,
+    ScaleByZoomLinesearchState,
+    find_linesearch_state,
+    scale_by_backtracking_linesearch,
+    scale_by_zoom_linesearch,
+    value_and_grad_from_state,
+)
 from gradchain.transforms.momentum import EmaState, TraceState, ema, trace
 from gradchain.transforms.scaling import ScaleState, scale, scale_by_learning_rate, scale_by_schedule
+from gradchain.transforms.sgd_variants import (
+    AddNoiseState,
+    ScaleByAdadeltaState,
+    ScaleByAsgdState,
+    ScaleByOptimisticGradientState,
+    ScaleByPolyakState,
+    ScaleByRpropState,
+    add_noise,
+    asgd_averaged_params,
+    scale_by_adadelta,
+    scale_by_asgd,
+    scale_by_optimistic_gradient,
+    scale_by_polyak,
+    scale_by_rprop,
+)
 from gradchain.transforms.sign import ScaleByLionState, ScaleBySignState, scale_by_lion, scale_by_sign
 from gradchain.transforms.weight_decay import WeightDecayState, add_decayed_weights, add_l2_regularization
 from gradchain.wrappers.accumulate import MultiStepsState, has_updated, multi_steps
@@ -154,6 +214,50 @@ __all__ = [
     "ScaleByLionState",
     "ScaleByFactoredRmsState",
     "ScaleByParamBlockRmsState",
+    # ingredients: more adaptive, layer-wise and second-order
+    "scale_by_belief",
+    "scale_by_yogi",
+    "scale_by_radam",
+    "scale_by_adan",
+    "scale_by_novograd",
+    "ScaleByBeliefState",
+    "ScaleByAdanState",
+    "ScaleByNovogradState",
+    "scale_by_adadelta",
+    "scale_by_rprop",
+    "scale_by_asgd",
+    "add_noise",
+    "scale_by_optimistic_gradient",
+    "scale_by_polyak",
+    "scale_by_trust_ratio",
+    "centralize",
+    "scale_by_param_block_norm",
+    "adaptive_grad_clip",
+    "scale_by_sm3",
+    "scale_by_fromage_step",
+    "scale_by_lbfgs",
+    "scale_by_zoom_linesearch",
+    "scale_by_backtracking_linesearch",
+    "ScaleByAdadeltaState",
+    "ScaleByRpropState",
+    "ScaleByAsgdState",
+    "AddNoiseState",
+    "ScaleByOptimisticGradientState",
+    "ScaleByPolyakState",
+    "ScaleByTrustRatioState",
+    "ScaleByParamBlockNormState",
+    "AdaptiveGradClipState",
+    "ScaleBySM3State",
+    "ScaleByFromageStepState",
+    "ScaleByLbfgsState",
+    "ScaleByZoomLinesearchState",
+    "ScaleByBacktrackingLinesearchState",
+    # helpers for these
+    "asgd_averaged_params",
+    "value_and_grad_from_state",
+    "find_linesearch_state",
+    "minimize",
+    "MinimizeResult",
     # wrappers: parameter groups
     "masked",
     "partition",
@@ -207,6 +311,25 @@ __all__ = [
     "adamaxw",
     "lion",
     "adafactor",
+    "adabelief",
+    "yogi",
+    "radam",
+    "adan",
+    "novograd",
+    "adadelta",
+    "rprop",
+    "sign_sgd",
+    "signum",
+    "asgd",
+    "noisy_sgd",
+    "optimistic_gradient_descent",
+    "optimistic_adam",
+    "polyak_sgd",
+    "lars",
+    "lamb",
+    "fromage",
+    "sm3",
+    "lbfgs",
     # modules
     "schedules",
     "tree",

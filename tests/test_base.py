@@ -248,6 +248,66 @@ CONSTRUCTORS: dict[str, Callable[[], gc.GradientTransformation]] = {
     "reduce_on_plateau": lambda: gc.reduce_on_plateau(patience=1),
     "monitored": lambda: gc.monitored(gc.adam(1e-3)),
     "from_optax": lambda: gc.from_optax(optax.adam(1e-3)),
+    # the rest of the catalogue
+    "scale_by_belief": gc.scale_by_belief,
+    "scale_by_yogi": gc.scale_by_yogi,
+    "scale_by_radam": gc.scale_by_radam,
+    "scale_by_adan": gc.scale_by_adan,
+    "scale_by_novograd": gc.scale_by_novograd,
+    "adabelief": lambda: gc.adabelief(1e-3),
+    "yogi": lambda: gc.yogi(1e-3),
+    "radam": lambda: gc.radam(1e-3),
+    "adan": lambda: gc.adan(1e-3),
+    "novograd": lambda: gc.novograd(1e-3),
+    "scale_by_adadelta": gc.scale_by_adadelta,
+    "scale_by_rprop": lambda: gc.scale_by_rprop(0.01),
+    "scale_by_asgd": lambda: gc.scale_by_asgd(0.01),
+    "add_noise": lambda: gc.add_noise(0.01, 0.55, 0),
+    "scale_by_optimistic_gradient": gc.scale_by_optimistic_gradient,
+    "scale_by_polyak": gc.scale_by_polyak,
+    "scale_by_trust_ratio": gc.scale_by_trust_ratio,
+    "centralize": gc.centralize,
+    "scale_by_param_block_norm": gc.scale_by_param_block_norm,
+    "adaptive_grad_clip": lambda: gc.adaptive_grad_clip(0.1),
+    "scale_by_sm3": gc.scale_by_sm3,
+    "scale_by_fromage_step": lambda: gc.scale_by_fromage_step(0.01),
+    "scale_by_lbfgs": gc.scale_by_lbfgs,
+    "scale_by_zoom_linesearch": lambda: gc.scale_by_zoom_linesearch(max_linesearch_steps=10),
+    "scale_by_backtracking_linesearch": lambda: gc.scale_by_backtracking_linesearch(max_backtracking_steps=10),
+    "adadelta": gc.adadelta,
+    "rprop": lambda: gc.rprop(0.01),
+    "sign_sgd": lambda: gc.sign_sgd(0.01),
+    "signum": lambda: gc.signum(0.01),
+    "asgd": lambda: gc.asgd(0.01),
+    "noisy_sgd": lambda: gc.noisy_sgd(0.01),
+    "optimistic_gradient_descent": lambda: gc.optimistic_gradient_descent(0.01),
+    "optimistic_adam": lambda: gc.optimistic_adam(0.01),
+    "polyak_sgd": gc.polyak_sgd,
+    "lars": lambda: gc.lars(0.1),
+    "lamb": lambda: gc.lamb(1e-3),
+    "fromage": lambda: gc.fromage(0.01),
+    "sm3": lambda: gc.sm3(0.1),
+    "lbfgs": gc.lbfgs,
+}
+
+
+def _quadratic(params):
+    return sum(jnp.sum(x**2) for x in jax.tree.leaves(params))
+
+
+def _line_search_args(params, grads):
+    del grads
+    value, grad = jax.value_and_grad(_quadratic)(params)
+    return {"value": value, "grad": grad, "value_fn": _quadratic}
+
+
+# Extra args a transformation needs: both runs get them, the second also unknown ones.
+NEEDS_EXTRA: dict[str, Callable[[Any, Any], dict]] = {
+    **{name: lambda p, g: {"value": 1.0} for name in ("polyak_sgd", "scale_by_polyak")},
+    **{
+        name: _line_search_args
+        for name in ("lbfgs", "scale_by_zoom_linesearch", "scale_by_backtracking_linesearch")
+    },
 }
 # Transformations that read the loss: both runs get it as `value=`, the second also unknown extra args.
 NEEDS_VALUE = {"skip_on_spike", "reduce_on_plateau"}
@@ -278,6 +338,11 @@ NOT_TRANSFORMATIONS = {
     "slow_params",
     "metrics",
     "to_optax",  # returns an optax transformation (tested in test_optax_interop.py)
+    "asgd_averaged_params",
+    "value_and_grad_from_state",
+    "find_linesearch_state",
+    "minimize",
+    "MinimizeResult",
 }
 
 
@@ -303,8 +368,8 @@ def test_unknown_extra_args_are_ignored(name):
     assert isinstance(tx, gc.GradientTransformation)
     params = make_params()
     s_plain = s_extra = tx.init(params)
-    value = {"value": 1.0} if name in NEEDS_VALUE else {}
     for g in make_grads(3):
+        value = {"value": 1.0} if name in NEEDS_VALUE else NEEDS_EXTRA.get(name, lambda p, g: {})(params, g)
         u_plain, s_plain = tx.update(g, s_plain, params, **value)
         u_extra, s_extra = tx.update(g, s_extra, params, **value, loss=1.0, foo="bar")
         assert_trees_equal(u_extra, u_plain)

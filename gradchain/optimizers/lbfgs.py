@@ -271,6 +271,16 @@ class MinimizeResult(NamedTuple):
     the objective and gradient norm at `params`. `history` holds, per iterate $0..$`max_steps`
     (index 0: the start), `value`, `grad_norm` and `num_fun_evals` (cumulative); entries after the
     last step are NaN (and -1 for the counts).
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        result = gc.minimize(lambda p: jnp.sum((p["w"] - 2.0) ** 2), {"w": jnp.zeros(3)}, max_steps=20)
+        assert isinstance(result, gc.MinimizeResult) and float(result.grad_norm) < 1e-5
+        assert jnp.allclose(result.params["w"], 2.0, atol=1e-5)
+        ```
     """
 
     params: Params

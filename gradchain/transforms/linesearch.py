@@ -655,6 +655,16 @@ def find_linesearch_state(state: OptState) -> ScaleByZoomLinesearchState | Scale
 
     Raises ValueError if the state holds more than one line search (which one's value to use would
     be ambiguous).
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        state = gc.lbfgs().init({"w": jnp.ones(3)})
+        assert gc.find_linesearch_state(state) is not None
+        assert gc.find_linesearch_state(gc.sgd(0.1).init({"w": jnp.ones(3)})) is None
+        ```
     """
     found = [
         node
