@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import re
-import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -716,25 +714,3 @@ def test_set_hyperparams_checks_the_new_value():
     state = opt.radam(0.1).init(PARAMS32)
     with pytest.raises(ValueError, match="b2"):
         gc.set_hyperparams(state, b2=1.0)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Docstring examples (the public names are not exported from `gradchain` yet, so tests/test_docstrings.py
-# does not see them).
-
-PUBLIC = [
-    getattr(module, name)
-    for module, names in [
-        (tr, ["scale_by_belief", "scale_by_yogi", "scale_by_radam", "scale_by_adan", "scale_by_novograd"]),
-        (opt, ["adabelief", "yogi", "radam", "adan", "novograd"]),
-    ]
-    for name in names
-]
-
-
-@pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__name__)
-def test_docstring_example_runs(fn):
-    blocks = re.findall(r"```python\n(.*?)```", inspect.getdoc(fn) or "", re.DOTALL)
-    assert blocks, f"{fn.__name__} has no example"
-    for block in blocks:
-        exec(textwrap.dedent(block), {})

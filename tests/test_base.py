@@ -303,14 +303,12 @@ def _line_search_args(params, grads):
 
 # Extra args a transformation needs: both runs get them, the second also unknown ones.
 NEEDS_EXTRA: dict[str, Callable[[Any, Any], dict]] = {
-    **{name: lambda p, g: {"value": 1.0} for name in ("polyak_sgd", "scale_by_polyak")},
     **{
-        name: _line_search_args
-        for name in ("lbfgs", "scale_by_zoom_linesearch", "scale_by_backtracking_linesearch")
+        name: lambda p, g: {"value": 1.0}
+        for name in ("polyak_sgd", "scale_by_polyak", "skip_on_spike", "reduce_on_plateau")
     },
+    **{name: _line_search_args for name in ("lbfgs", "scale_by_zoom_linesearch", "scale_by_backtracking_linesearch")},
 }
-# Transformations that read the loss: both runs get it as `value=`, the second also unknown extra args.
-NEEDS_VALUE = {"skip_on_spike", "reduce_on_plateau"}
 
 # Public names that are not transformation constructors.
 NOT_TRANSFORMATIONS = {
@@ -369,7 +367,7 @@ def test_unknown_extra_args_are_ignored(name):
     params = make_params()
     s_plain = s_extra = tx.init(params)
     for g in make_grads(3):
-        value = {"value": 1.0} if name in NEEDS_VALUE else NEEDS_EXTRA.get(name, lambda p, g: {})(params, g)
+        value = NEEDS_EXTRA.get(name, lambda p, g: {})(params, g)
         u_plain, s_plain = tx.update(g, s_plain, params, **value)
         u_extra, s_extra = tx.update(g, s_extra, params, **value, loss=1.0, foo="bar")
         assert_trees_equal(u_extra, u_plain)

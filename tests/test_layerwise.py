@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import re
-import textwrap
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -38,7 +36,6 @@ from reference import assert_stacked_close, assert_trajectory_close, grad_sequen
 
 import gradchain as gc
 from gradchain.optimizers.layerwise import fromage, lamb, lars, sm3
-from gradchain.transforms import layerwise as tx_module
 from gradchain.transforms.layerwise import (
     adaptive_grad_clip,
     centralize,
@@ -880,26 +877,3 @@ STATE_BYTES = [
 @pytest.mark.parametrize(("name", "make", "expected"), STATE_BYTES, ids=[s[0] for s in STATE_BYTES])
 def test_state_bytes_per_float32_param(name, make, expected):
     assert state_bytes_per_param(make(), BIG) == pytest.approx(expected, abs=1e-9)
-
-
-# ---------------------------------------------------------------------------------------------
-# the docstrings' examples (the lead exports these names; until then, run them here)
-
-
-@pytest.mark.parametrize(
-    "obj",
-    [
-        getattr(tx_module, n)
-        for n in tx_module.__dict__
-        if not n.startswith("_")
-        and inspect.isfunction(getattr(tx_module, n))
-        and getattr(tx_module, n).__module__ == tx_module.__name__
-    ]
-    + [fromage, lamb, lars, sm3],
-    ids=lambda o: o.__name__,
-)
-def test_docstring_example_runs(obj):
-    blocks = re.findall(r"```python\n(.*?)```", inspect.getdoc(obj), re.DOTALL)
-    assert blocks, f"{obj.__name__} has no example"
-    for block in blocks:
-        exec(textwrap.dedent(block), {})

@@ -7,10 +7,6 @@ minima and iteration counts; Adam for the number of steps on a convex problem.
 
 from __future__ import annotations
 
-import inspect
-import re
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,9 +15,7 @@ import pytest
 import scipy.optimize
 
 import gradchain as gc
-from gradchain.optimizers import lbfgs as lbfgs_module
 from gradchain.optimizers.lbfgs import MinimizeResult, ScaleByLbfgsState, lbfgs, minimize, scale_by_lbfgs
-from gradchain.transforms import linesearch as linesearch_module
 from gradchain.transforms.linesearch import (
     ScaleByBacktrackingLinesearchState,
     ScaleByZoomLinesearchState,
@@ -563,24 +557,3 @@ def test_value_and_grad_from_state_errors_and_first_step():
     # Before the first step the stored value is inf: computed instead.
     value, grad = value_and_grad_from_state(f)(jnp.array([1.0, 2.0]), state=lbfgs().init(jnp.ones(2)))
     assert float(value) == 5.0 and np.allclose(grad, [2.0, 4.0])
-
-
-def test_docstring_examples_run():
-    objects = [
-        scale_by_lbfgs,
-        lbfgs,
-        minimize,
-        scale_by_zoom_linesearch,
-        scale_by_backtracking_linesearch,
-        value_and_grad_from_state,
-        lbfgs_module,
-        linesearch_module,
-    ]
-    blocks = [
-        textwrap.dedent(block)
-        for obj in objects
-        for block in re.findall(r"```python\n(.*?)```", inspect.getdoc(obj) or "", re.DOTALL)
-    ]
-    assert len(blocks) == 6
-    for block in blocks:
-        exec(compile(block, "<docstring>", "exec"), {})
