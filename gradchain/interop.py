@@ -90,9 +90,9 @@ def from_optax(tx: Any) -> GradientTransformation:
         import jax.numpy as jnp
         import optax
         import gradchain as gc
-        from gradchain.interop import from_optax
 
-        tx = gc.chain(gc.clip_by_global_norm(1.0), from_optax(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)))
+        sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+        tx = gc.chain(gc.clip_by_global_norm(1.0), gc.from_optax(sgd))
         params = {"w": jnp.zeros(2)}
         state = tx.init(params)
         state = gc.set_hyperparams(state, learning_rate=0.5)
@@ -140,9 +140,8 @@ def to_optax(tx: Any) -> Any:
         import jax.numpy as jnp
         import optax
         import gradchain as gc
-        from gradchain.interop import to_optax
 
-        tx = to_optax(gc.adam(1e-3))
+        tx = gc.to_optax(gc.adam(1e-3))
         assert isinstance(tx, optax.GradientTransformationExtraArgs)
         params = {"w": jnp.ones(2)}
         opt = optax.MultiSteps(tx, every_k_schedule=2)

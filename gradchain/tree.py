@@ -22,6 +22,7 @@ __all__ = [
     "leaf_paths",
     "check_same_structure",
     "tree_get",
+    "find_nodes",
     "zeros_like",
 ]
 
@@ -220,6 +221,26 @@ def cast(tree: PyTree, dtype: DTypeLike | None) -> PyTree:
     if dtype is None:
         return tree
     return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
+
+
+def find_nodes(tree: PyTree, types: type | tuple[type, ...]) -> list[Any]:
+    """The outermost nodes of `tree` that are instances of `types`, in flattening order.
+
+    Use it to pick one transformation's state out of a nested optimizer state (chains, dicts,
+    wrappers) by its state class; the search does not descend into a node it returns.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        state = gc.chain(gc.clip_by_global_norm(1.0), gc.adam(1e-3)).init({"w": jnp.zeros(2)})
+        [adam_state] = gc.tree.find_nodes(state, gc.ScaleByAdamState)
+        assert adam_state.mu["w"].shape == (2,)
+        ```
+    """
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, types))
+    return [node for node in leaves if isinstance(node, types)]
 
 
 def tree_get(tree: PyTree, name: str, default: Any = None) -> Any:

@@ -79,11 +79,10 @@ def adabelief(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.adam_variants import adabelief
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(3)}
-        tx = adabelief(learning_rate=0.1)
+        tx = gc.adabelief(learning_rate=0.1)
         state, step = tx.init(params), jax.jit(tx.update)
         for _ in range(200):
             updates, state = step(jax.grad(loss)(params), state, params)
@@ -147,11 +146,10 @@ def yogi(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.adam_variants import yogi
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(3)}
-        tx = yogi(learning_rate=0.1)
+        tx = gc.yogi(learning_rate=0.1)
         state, step = tx.init(params), jax.jit(tx.update)
         for _ in range(300):
             updates, state = step(jax.grad(loss)(params), state, params)
@@ -233,11 +231,10 @@ def radam(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.adam_variants import radam
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(3)}
-        tx = radam(learning_rate=0.1)
+        tx = gc.radam(learning_rate=0.1)
         state, step = tx.init(params), jax.jit(tx.update)
         for _ in range(200):
             updates, state = step(jax.grad(loss)(params), state, params)
@@ -322,11 +319,10 @@ def adan(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.adam_variants import adan
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(3)}
-        tx = adan(learning_rate=0.1)
+        tx = gc.adan(learning_rate=0.1)
         state, step = tx.init(params), jax.jit(tx.update)
         for _ in range(300):
             updates, state = step(jax.grad(loss)(params), state, params)
@@ -395,11 +391,10 @@ def novograd(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.adam_variants import novograd
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(3)}
-        tx = novograd(learning_rate=0.05)
+        tx = gc.novograd(learning_rate=0.05)
         state, step = tx.init(params), jax.jit(tx.update)
         for _ in range(300):
             updates, state = step(jax.grad(loss)(params), state, params)

@@ -76,12 +76,12 @@ def lars(
         import jax
         import jax.numpy as jnp
         from gradchain import apply_updates, schedules
-        from gradchain.optimizers.layerwise import lars
+        import gradchain as gc
 
         loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
         params = {"w": jnp.ones(4)}
         # Every step moves by about lr * 0.001 * |p|: a decaying rate lets it settle.
-        tx = lars(learning_rate=schedules.cosine_decay_schedule(5.0, 200), momentum=0.9)
+        tx = gc.lars(learning_rate=schedules.cosine_decay_schedule(5.0, 200), momentum=0.9)
         state = tx.init(params)
         for _ in range(200):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
@@ -160,11 +160,11 @@ def lamb(
         import jax
         import jax.numpy as jnp
         from gradchain import apply_updates
-        from gradchain.optimizers.layerwise import lamb
+        import gradchain as gc
 
         loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
         params = {"w": jnp.ones(4)}
-        tx = lamb(learning_rate=0.02)
+        tx = gc.lamb(learning_rate=0.02)
         state = tx.init(params)
         for _ in range(300):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
@@ -215,11 +215,11 @@ def fromage(
         import jax
         import jax.numpy as jnp
         from gradchain import apply_updates
-        from gradchain.optimizers.layerwise import fromage
+        import gradchain as gc
 
         loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
         params = {"w": jnp.full(4, 1.0)}
-        tx = fromage(learning_rate=0.01)
+        tx = gc.fromage(learning_rate=0.01)
         state = tx.init(params)
         for _ in range(100):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
@@ -259,11 +259,11 @@ def sm3(learning_rate: ScalarOrSchedule, momentum: Scalar = 0.9, *, pack: bool |
         import jax
         import jax.numpy as jnp
         from gradchain import apply_updates
-        from gradchain.optimizers.layerwise import sm3
+        import gradchain as gc
 
         loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
         params = {"w": jnp.zeros((3, 4))}
-        tx = sm3(learning_rate=0.5)
+        tx = gc.sm3(learning_rate=0.5)
         state = tx.init(params)
         assert [m.shape for m in state[0].mu["w"]] == [(3,), (4,)]
         for _ in range(200):

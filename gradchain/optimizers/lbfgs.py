@@ -99,9 +99,9 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.optimizers.lbfgs import scale_by_lbfgs
+        import gradchain as gc
 
-        tx = scale_by_lbfgs(memory_size=3)
+        tx = gc.scale_by_lbfgs(memory_size=3)
         params = {"w": jnp.zeros(2)}
         state = tx.init(params)
         assert state.diff_params_memory["w"].shape == (3, 2)
@@ -240,13 +240,14 @@ def lbfgs(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.optimizers.lbfgs import lbfgs, minimize
+        import gradchain as gc
 
         def rosenbrock(p):
             x, y = p["x"], p["y"]
             return (1.0 - x) ** 2 + 100.0 * (y - x**2) ** 2
 
-        result = minimize(rosenbrock, {"x": jnp.array(-1.2), "y": jnp.array(1.0)}, lbfgs(), max_steps=100, tol=1e-5)
+        start = {"x": jnp.array(-1.2), "y": jnp.array(1.0)}
+        result = gc.minimize(rosenbrock, start, gc.lbfgs(), max_steps=100, tol=1e-5)
         assert jnp.allclose(result.params["x"], 1.0, atol=1e-3) and result.num_steps < 60
         ```
 
@@ -329,13 +330,12 @@ def minimize(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.lbfgs import minimize
 
         f = lambda w, target: jnp.sum((w - target) ** 2)
         target = {"target": jnp.arange(4.0)}
-        result = minimize(f, jnp.zeros(4), fn_kwargs=target, tol=1e-4)
+        result = gc.minimize(f, jnp.zeros(4), fn_kwargs=target, tol=1e-4)
         assert jnp.allclose(result.params, jnp.arange(4.0)) and result.num_steps <= 3
-        slow = minimize(f, jnp.zeros(4), gc.sgd(0.1), fn_kwargs=target, max_steps=200, tol=1e-4)
+        slow = gc.minimize(f, jnp.zeros(4), gc.sgd(0.1), fn_kwargs=target, max_steps=200, tol=1e-4)
         assert slow.num_steps > 40 and slow.num_fun_evals == slow.num_steps + 1  # no line search
         ```
     """

@@ -85,11 +85,10 @@ def adadelta(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.sgd_variants import adadelta
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(3)}
-        tx = adadelta()
+        tx = gc.adadelta()
         state = tx.init(params)
         for _ in range(100):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
@@ -145,11 +144,10 @@ def rprop(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.sgd_variants import rprop
 
         loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
         params = {"w": jnp.zeros(2)}
-        tx = rprop(learning_rate=0.1)
+        tx = gc.rprop(learning_rate=0.1)
         state = tx.init(params)
         for _ in range(100):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
@@ -186,9 +184,9 @@ def sign_sgd(learning_rate: ScalarOrSchedule, *, pack: bool | None = None) -> Gr
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.optimizers.sgd_variants import sign_sgd
+        import gradchain as gc
 
-        tx = sign_sgd(0.1)
+        tx = gc.sign_sgd(0.1)
         u, _ = tx.update({"w": jnp.array([5.0, -1e-3, 0.0])}, tx.init({"w": jnp.zeros(3)}))
         assert jnp.allclose(u["w"], jnp.array([-0.1, 0.1, 0.0]))
         ```
@@ -227,9 +225,9 @@ def signum(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.optimizers.sgd_variants import signum
+        import gradchain as gc
 
-        tx = signum(0.1, beta=0.9)
+        tx = gc.signum(0.1, beta=0.9)
         state = tx.init({"w": jnp.zeros(1)})
         _, state = tx.update({"w": jnp.array([1.0])}, state)    # m = 0.1
         u, state = tx.update({"w": jnp.array([-0.5])}, state)   # m = 0.09 - 0.05 > 0
@@ -285,17 +283,15 @@ def asgd(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.sgd_variants import asgd
-        from gradchain.transforms.sgd_variants import asgd_averaged_params
 
         loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
         params = {"w": jnp.zeros(2)}
-        tx = asgd(learning_rate=0.1, t0=50.0)
+        tx = gc.asgd(learning_rate=0.1, t0=50.0)
         state = tx.init(params)
         for _ in range(200):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
-        assert jnp.allclose(asgd_averaged_params(state)["w"], 2.0, atol=1e-3)
+        assert jnp.allclose(gc.asgd_averaged_params(state)["w"], 2.0, atol=1e-3)
         ```
 
     References:
@@ -342,11 +338,10 @@ def noisy_sgd(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.sgd_variants import noisy_sgd
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(4)}
-        tx = noisy_sgd(0.1, eta=0.01, key=42)
+        tx = gc.noisy_sgd(0.1, eta=0.01, key=42)
         state = tx.init(params)
         for _ in range(200):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
@@ -390,11 +385,10 @@ def optimistic_gradient_descent(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.sgd_variants import optimistic_gradient_descent
 
         # min_x max_y x * y: descent on x, ascent on y (negated gradient); the saddle is (0, 0).
         params = {"x": jnp.array(1.0), "y": jnp.array(1.0)}
-        tx = optimistic_gradient_descent(0.3)
+        tx = gc.optimistic_gradient_descent(0.3)
         state = tx.init(params)
         for _ in range(300):
             g = {"x": params["y"], "y": -params["x"]}
@@ -454,10 +448,9 @@ def optimistic_adam(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.sgd_variants import optimistic_adam
 
         params = {"x": jnp.array(1.0), "y": jnp.array(2.0)}
-        tx = optimistic_adam(1e-2, 1.0)
+        tx = gc.optimistic_adam(1e-2, 1.0)
         state = tx.init(params)
         for _ in range(1025):
             g = {"x": params["y"], "y": -params["x"]}   # min_x max_y x * y
@@ -524,11 +517,10 @@ def polyak_sgd(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.optimizers.sgd_variants import polyak_sgd
 
         f = lambda p: jnp.sum(p["w"] ** 2)
         params = {"w": jnp.array([1.0, 2.0, 3.0])}
-        tx = polyak_sgd()
+        tx = gc.polyak_sgd()
         state = tx.init(params)
         value, grad = jax.value_and_grad(f)(params)
         updates, state = tx.update(grad, state, params, value=value)

@@ -85,9 +85,9 @@ def scale_by_belief(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.adam_variants import scale_by_belief
+        import gradchain as gc
 
-        tx = scale_by_belief(eps=0.0, eps_root=0.0)
+        tx = gc.scale_by_belief(eps=0.0, eps_root=0.0)
         state = tx.init({"w": jnp.zeros(1)})
         u, state = tx.update({"w": jnp.array([2.0])}, state)
         # t = 1: mu = 0.2, s = 0.001 * 1.8**2, so u = (0.2 / 0.1) / (1.8 * sqrt(0.001 / 0.001)) = 2 / 1.8
@@ -164,9 +164,9 @@ def scale_by_yogi(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.adam_variants import scale_by_yogi
+        import gradchain as gc
 
-        tx = scale_by_yogi(b2=0.5, initial_accumulator_value=0.0)
+        tx = gc.scale_by_yogi(b2=0.5, initial_accumulator_value=0.0)
         state = tx.init({"w": jnp.zeros(1)})
         _, state = tx.update({"w": jnp.array([2.0])}, state)
         assert jnp.allclose(state.nu["w"], 2.0)  # 0 - 0.5 * sign(0 - 4) * 4
@@ -318,9 +318,9 @@ def scale_by_radam(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.adam_variants import scale_by_radam
+        import gradchain as gc
 
-        tx = scale_by_radam(b1=0.0)
+        tx = gc.scale_by_radam(b1=0.0)
         state = tx.init({"w": jnp.zeros(1)})
         u, state = tx.update({"w": jnp.array([3.0])}, state)
         assert jnp.allclose(u["w"], 3.0)  # rho_1 = 1 < 5: not rectified, the step is mu_hat = g
@@ -416,9 +416,9 @@ def scale_by_adan(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.adam_variants import scale_by_adan
+        import gradchain as gc
 
-        tx = scale_by_adan(eps=0.0)
+        tx = gc.scale_by_adan(eps=0.0)
         state = tx.init({"w": jnp.zeros(2)})
         u, state = tx.update({"w": jnp.array([0.5, -2.0])}, state)
         assert jnp.allclose(u["w"], jnp.array([1.0, -1.0]))  # Delta_1 = 0: Adam's first step, sign(g)
@@ -509,9 +509,9 @@ def scale_by_novograd(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.adam_variants import scale_by_novograd
+        import gradchain as gc
 
-        tx = scale_by_novograd(eps=0.0)
+        tx = gc.scale_by_novograd(eps=0.0)
         params = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(3)}
         state = tx.init(params)
         assert state.nu["w"].shape == ()  # one number per leaf

@@ -93,9 +93,9 @@ def scale_by_trust_ratio(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.layerwise import scale_by_trust_ratio
+        import gradchain as gc
 
-        tx = scale_by_trust_ratio()
+        tx = gc.scale_by_trust_ratio()
         params = {"w": jnp.array([3.0, 4.0]), "b": jnp.zeros(2)}
         u, _ = tx.update({"w": jnp.array([0.0, 0.1]), "b": jnp.ones(2)}, tx.init(params), params)
         assert jnp.allclose(u["w"], jnp.array([0.0, 5.0]))  # |u| = |p| = 5
@@ -162,9 +162,9 @@ def centralize() -> GradientTransformation:
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.layerwise import centralize
+        import gradchain as gc
 
-        tx = centralize()
+        tx = gc.centralize()
         g = {"w": jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), "b": jnp.array([1.0, 2.0])}
         u, _ = tx.update(g, tx.init(g))
         assert jnp.allclose(u["w"], jnp.array([[-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]]))
@@ -224,9 +224,9 @@ def scale_by_param_block_norm(min_scale: float | jax.Array = 1e-3) -> GradientTr
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.layerwise import scale_by_param_block_norm
+        import gradchain as gc
 
-        tx = scale_by_param_block_norm(min_scale=1e-3)
+        tx = gc.scale_by_param_block_norm(min_scale=1e-3)
         params = {"w": jnp.array([3.0, -4.0]), "b": jnp.zeros(2)}
         u, _ = tx.update({"w": jnp.ones(2), "b": jnp.ones(2)}, tx.init(params), params)
         assert jnp.allclose(u["w"], 5.0) and jnp.allclose(u["b"], 1e-3)
@@ -322,9 +322,9 @@ def adaptive_grad_clip(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.layerwise import adaptive_grad_clip
+        import gradchain as gc
 
-        tx = adaptive_grad_clip(0.1)
+        tx = gc.adaptive_grad_clip(0.1)
         params = {"w": jnp.array([[3.0, 1.0], [4.0, 0.0]])}  # column norms 5 and 1
         g = {"w": jnp.array([[0.3, 1.0], [0.4, 0.0]])}  # column norms 0.5 and 1
         u, _ = tx.update(g, tx.init(params), params)
@@ -450,9 +450,9 @@ def scale_by_sm3(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.layerwise import scale_by_sm3
+        import gradchain as gc
 
-        tx = scale_by_sm3(b1=0.0, eps=0.0)
+        tx = gc.scale_by_sm3(b1=0.0, eps=0.0)
         params = {"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}
         state = tx.init(params)
         assert [m.shape for m in state.mu["w"]] == [(2,), (3,)]  # 5 numbers for 6 entries
@@ -571,9 +571,9 @@ def scale_by_fromage_step(learning_rate: ScalarOrSchedule) -> GradientTransforma
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.layerwise import scale_by_fromage_step
+        import gradchain as gc
 
-        tx = scale_by_fromage_step(0.75)  # sqrt(1 + 0.75^2) = 1.25
+        tx = gc.scale_by_fromage_step(0.75)  # sqrt(1 + 0.75^2) = 1.25
         params = {"w": jnp.array([2.0, 1.0])}
         u, _ = tx.update({"w": jnp.array([0.0, 4.0])}, tx.init(params), params)
         assert jnp.allclose(params["w"] + u["w"], jnp.array([2.0, 1.0 - 3.0]) / 1.25)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation, OptState, Params, Updates
 from gradchain._checks import check_int
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
@@ -230,13 +231,12 @@ def scale_by_zoom_linesearch(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.transforms.linesearch import scale_by_zoom_linesearch, value_and_grad_from_state
 
         f = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
-        tx = gc.chain(gc.scale(-1.0), scale_by_zoom_linesearch(max_linesearch_steps=15))
+        tx = gc.chain(gc.scale(-1.0), gc.scale_by_zoom_linesearch(max_linesearch_steps=15))
         params = {"w": jnp.zeros(2)}
         state = tx.init(params)
-        value_and_grad = value_and_grad_from_state(f)
+        value_and_grad = gc.value_and_grad_from_state(f)
         value, grad = value_and_grad(params, state=state)
         updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=f)
         params = gc.apply_updates(params, updates)
@@ -538,10 +538,9 @@ def scale_by_backtracking_linesearch(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.transforms.linesearch import scale_by_backtracking_linesearch
 
         f = lambda p: jnp.sum(p["w"] ** 2)
-        tx = gc.chain(gc.scale(-1.0), scale_by_backtracking_linesearch(max_backtracking_steps=15))
+        tx = gc.chain(gc.scale(-1.0), gc.scale_by_backtracking_linesearch(max_backtracking_steps=15))
         params = {"w": jnp.array([1.0, 2.0])}
         state = tx.init(params)
         value, grad = jax.value_and_grad(f)(params)
@@ -666,11 +665,7 @@ def find_linesearch_state(state: OptState) -> ScaleByZoomLinesearchState | Scale
         assert gc.find_linesearch_state(gc.sgd(0.1).init({"w": jnp.ones(3)})) is None
         ```
     """
-    found = [
-        node
-        for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, _LINESEARCH_STATES))
-        if isinstance(node, _LINESEARCH_STATES)
-    ]
+    found = tree_util.find_nodes(state, _LINESEARCH_STATES)
     if len(found) > 1:
         raise ValueError(f"the optimizer state holds {len(found)} line searches; expected at most one")
     return found[0] if found else None
@@ -698,14 +693,13 @@ def value_and_grad_from_state(value_fn: Callable[..., jax.Array]) -> Callable[..
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.optimizers.lbfgs import lbfgs
-        from gradchain.transforms.linesearch import value_and_grad_from_state
+        import gradchain as gc
 
         f = lambda w: jnp.sum((w - 1.0) ** 2)
-        tx = lbfgs()
+        tx = gc.lbfgs()
         params = jnp.zeros(3)
         state = tx.init(params)
-        value_and_grad = value_and_grad_from_state(f)
+        value_and_grad = gc.value_and_grad_from_state(f)
         value, grad = value_and_grad(params, state=state)  # first step: computed
         updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=f)
         params = params + updates

@@ -81,9 +81,9 @@ def scale_by_adadelta(rho: float | jax.Array = 0.9, eps: float | jax.Array = 1e-
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.sgd_variants import scale_by_adadelta
+        import gradchain as gc
 
-        tx = scale_by_adadelta(rho=0.9, eps=1e-6)
+        tx = gc.scale_by_adadelta(rho=0.9, eps=1e-6)
         u, state = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
         expected = jnp.sqrt(1e-6) / jnp.sqrt(0.1 * 4.0 + 1e-6) * 2.0
         assert jnp.allclose(u["w"], expected) and jnp.allclose(state.e_g["w"], 0.4)
@@ -160,9 +160,9 @@ def scale_by_rprop(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.sgd_variants import scale_by_rprop
+        import gradchain as gc
 
-        tx = scale_by_rprop(learning_rate=0.1)
+        tx = gc.scale_by_rprop(learning_rate=0.1)
         state = tx.init({"w": jnp.zeros(2)})
         u, state = tx.update({"w": jnp.array([1.0, -1.0])}, state)   # first step: 0.1 * sign
         u, state = tx.update({"w": jnp.array([3.0, 2.0])}, state)    # same sign / flipped
@@ -252,15 +252,14 @@ def scale_by_asgd(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.transforms.sgd_variants import asgd_averaged_params, scale_by_asgd
 
-        tx = scale_by_asgd(learning_rate=1.0, lambd=0.0, t0=0.0)
+        tx = gc.scale_by_asgd(learning_rate=1.0, lambd=0.0, t0=0.0)
         params = {"w": jnp.zeros(1)}
         state = tx.init(params)
         for _ in range(3):  # w: 1, 2, 3
             u, state = tx.update({"w": -jnp.ones(1)}, state, params)
             params = gc.apply_updates(params, u)
-        assert jnp.allclose(asgd_averaged_params(state)["w"], 2.5)  # t0 = 0: the mean of p_2 and p_3
+        assert jnp.allclose(gc.asgd_averaged_params(state)["w"], 2.5)  # t0 = 0: the mean of p_2 and p_3
         ```
 
     References:
@@ -305,21 +304,16 @@ def asgd_averaged_params(state: Any) -> Params:
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.optimizers.sgd_variants import asgd
-        from gradchain.transforms.sgd_variants import asgd_averaged_params
+        import gradchain as gc
 
-        tx = asgd(learning_rate=0.1)
+        tx = gc.asgd(learning_rate=0.1)
         params = {"w": jnp.ones(2)}
         state = tx.init(params)
         _, state = tx.update({"w": jnp.ones(2)}, state, params)
-        assert asgd_averaged_params(state)["w"].shape == (2,)
+        assert gc.asgd_averaged_params(state)["w"].shape == (2,)
         ```
     """
-    found = [
-        node
-        for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ScaleByAsgdState))
-        if isinstance(node, ScaleByAsgdState)
-    ]
+    found = tree_util.find_nodes(state, ScaleByAsgdState)
     if len(found) != 1:
         raise ValueError(f"asgd_averaged_params: expected one ScaleByAsgdState in the state, found {len(found)}")
     return packing.unpack(found[0].ax)
@@ -372,9 +366,9 @@ def add_noise(eta: float | jax.Array = 0.01, gamma: float | jax.Array = 0.55, ke
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.sgd_variants import add_noise
+        import gradchain as gc
 
-        tx = add_noise(eta=0.0, gamma=0.55, key=0)   # no variance: the updates pass through
+        tx = gc.add_noise(eta=0.0, gamma=0.55, key=0)   # no variance: the updates pass through
         u, state = tx.update({"w": jnp.ones(3)}, tx.init({"w": jnp.zeros(3)}))
         assert (u["w"] == 1.0).all() and state.count == 1
         ```
@@ -445,9 +439,9 @@ def scale_by_optimistic_gradient(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.sgd_variants import scale_by_optimistic_gradient
+        import gradchain as gc
 
-        tx = scale_by_optimistic_gradient()
+        tx = gc.scale_by_optimistic_gradient()
         state = tx.init({"w": jnp.zeros(1)})
         u, state = tx.update({"w": jnp.array([1.0])}, state)
         u, state = tx.update({"w": jnp.array([3.0])}, state)
@@ -516,9 +510,9 @@ def scale_by_polyak(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.transforms.sgd_variants import scale_by_polyak
+        import gradchain as gc
 
-        tx = scale_by_polyak(max_learning_rate=10.0)
+        tx = gc.scale_by_polyak(max_learning_rate=10.0)
         g = {"a": jnp.array([3.0]), "b": jnp.array([4.0])}
         u, state = tx.update(g, tx.init(g), value=50.0)  # 50 / 25 = 2
         assert jnp.allclose(u["a"], 6.0) and jnp.allclose(state.step_size, 2.0)

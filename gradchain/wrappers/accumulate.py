@@ -11,7 +11,7 @@ from jax.typing import DTypeLike
 from gradchain import _checks
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation, _call_update, _check_transform
-from gradchain._lift import saturating_increment
+from gradchain._lift import check_state_dtype, saturating_increment
 
 
 class MultiStepsState(NamedTuple):
@@ -29,18 +29,6 @@ class MultiStepsState(NamedTuple):
     gradient_step: jax.Array
     acc_grads: Any
     inner_state: Any
-
-
-def _check_dtype(name: str, dtype: Any) -> jnp.dtype | None:
-    if dtype is None:
-        return None
-    try:
-        dtype = jnp.dtype(dtype)
-    except TypeError as e:
-        raise TypeError(f"{name} must be a floating-point dtype or None, got {dtype!r}") from e
-    if not jnp.issubdtype(dtype, jnp.inexact):
-        raise TypeError(f"{name} must be a floating-point dtype or None, got {dtype}")
-    return dtype
 
 
 def multi_steps(
@@ -84,15 +72,14 @@ def multi_steps(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.accumulate import has_updated, multi_steps
 
-        tx = multi_steps(gc.sgd(learning_rate=0.1), every_k=2)
+        tx = gc.multi_steps(gc.sgd(learning_rate=0.1), every_k=2)
         params = {"w": jnp.zeros(2)}
         state = tx.init(params)
         u, state = tx.update({"w": jnp.array([1.0, 2.0])}, state, params)
-        assert (u["w"] == 0).all() and not has_updated(state)
+        assert (u["w"] == 0).all() and not gc.has_updated(state)
         u, state = tx.update({"w": jnp.array([3.0, 4.0])}, state, params)
-        assert jnp.allclose(u["w"], jnp.array([-0.2, -0.3])) and has_updated(state)
+        assert jnp.allclose(u["w"], jnp.array([-0.2, -0.3])) and gc.has_updated(state)
         ```
 
     References:
@@ -100,7 +87,7 @@ def multi_steps(
     """
     _check_transform("multi_steps: inner", inner)
     k = _checks.check_int("multi_steps: every_k", every_k, minimum=1)
-    acc_dtype = _check_dtype("multi_steps: accumulator_dtype", accumulator_dtype)
+    acc_dtype = check_state_dtype("multi_steps", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
         scalars = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
@@ -137,10 +124,6 @@ def multi_steps(
     return GradientTransformation(init, update)
 
 
-def _is_multi_steps_state(x: Any) -> bool:
-    return isinstance(x, MultiStepsState)
-
-
 def has_updated(state: Any) -> jax.Array:
     """Whether the last call of a `multi_steps` transformation applied the inner update.
 
@@ -165,21 +148,18 @@ def has_updated(state: Any) -> jax.Array:
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.accumulate import has_updated, multi_steps
 
-        tx = gc.chain(gc.clip_by_global_norm(1.0), multi_steps(gc.adam(1e-3), every_k=3))
+        tx = gc.chain(gc.clip_by_global_norm(1.0), gc.multi_steps(gc.adam(1e-3), every_k=3))
         params = {"w": jnp.zeros(2)}
         state = tx.init(params)
         flags = []
         for _ in range(6):
             _, state = tx.update({"w": jnp.ones(2)}, state, params)
-            flags.append(bool(has_updated(state)))
+            flags.append(bool(gc.has_updated(state)))
         assert flags == [False, False, True, False, False, True]
         ```
     """
-    found = [
-        x for x in jax.tree_util.tree_leaves(state, is_leaf=_is_multi_steps_state) if isinstance(x, MultiStepsState)
-    ]
+    found = tree_util.find_nodes(state, MultiStepsState)
     if len(found) != 1:
         raise ValueError(
             f"has_updated: expected a state containing exactly one MultiStepsState (from multi_steps), "

@@ -102,7 +102,7 @@ def _lerp(average: jax.Array, p: jax.Array, u: jax.Array, weight: jax.Array) -> 
 
 def _find(state: Any, types: tuple[type, ...], owner: str, hint: str) -> Any:
     """The outermost node of one of `types` in `state` (through chains, dicts and wrappers)."""
-    found = [node for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, types)) if isinstance(node, types)]
+    found = tree_util.find_nodes(state, types)
     if not found:
         raise ValueError(f"{owner}: no {' or '.join(t.__name__ for t in types)} in this state; {hint}")
     if len(found) > 1:
@@ -176,16 +176,15 @@ def ema_params(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.averaging import averaged_params, ema_params
 
-        tx = ema_params(gc.sgd(1.0), decay=0.5)
+        tx = gc.ema_params(gc.sgd(1.0), decay=0.5)
         params = {"w": jnp.zeros(2)}
         state = tx.init(params)
         for _ in range(2):
             updates, state = tx.update({"w": -jnp.ones(2)}, state, params)
             params = gc.apply_updates(params, updates)  # w: 1, then 2
         # 0.5 * (0.5 * 0 + 0.5 * 1) + 0.5 * 2
-        assert jnp.allclose(averaged_params(state)["w"], 1.25)
+        assert jnp.allclose(gc.averaged_params(state)["w"], 1.25)
         ```
 
     References:
@@ -275,15 +274,14 @@ def swa(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.averaging import averaged_params, swa
 
-        tx = swa(gc.sgd(1.0), start_step=2)
+        tx = gc.swa(gc.sgd(1.0), start_step=2)
         params = {"w": jnp.zeros(2)}
         state = tx.init(params)
         for _ in range(4):  # w: 1, 2, 3, 4; steps 2, 3 and 4 are averaged
             updates, state = tx.update({"w": -jnp.ones(2)}, state, params)
             params = gc.apply_updates(params, updates)
-        assert jnp.allclose(averaged_params(state)["w"], 3.0) and state.n_averaged == 3
+        assert jnp.allclose(gc.averaged_params(state)["w"], 3.0) and state.n_averaged == 3
         ```
 
     References:
@@ -336,11 +334,10 @@ def averaged_params(state: Any) -> Params:
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.averaging import averaged_params, ema_params
 
-        tx = gc.chain(gc.clip_by_global_norm(1.0), ema_params(gc.adam(1e-3)))
+        tx = gc.chain(gc.clip_by_global_norm(1.0), gc.ema_params(gc.adam(1e-3)))
         state = tx.init({"w": jnp.ones(3)})
-        assert jnp.allclose(averaged_params(state)["w"], 1.0)  # the initial params
+        assert jnp.allclose(gc.averaged_params(state)["w"], 1.0)  # the initial params
         ```
     """
     node = _find(
@@ -406,15 +403,14 @@ def lookahead(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.averaging import lookahead, slow_params
 
-        tx = lookahead(gc.sgd(1.0), sync_period=2, alpha=0.5)
+        tx = gc.lookahead(gc.sgd(1.0), sync_period=2, alpha=0.5)
         params = {"w": jnp.zeros(1)}
         state = tx.init(params)
         for _ in range(2):  # fast: 1, 2; then sync: slow = 0 + 0.5 * (2 - 0) = 1
             updates, state = tx.update({"w": -jnp.ones(1)}, state, params)
             params = gc.apply_updates(params, updates)
-        assert jnp.allclose(slow_params(state)["w"], 1.0) and jnp.allclose(params["w"], 1.0)
+        assert jnp.allclose(gc.slow_params(state)["w"], 1.0) and jnp.allclose(params["w"], 1.0)
         ```
 
     References:
@@ -480,10 +476,9 @@ def slow_params(state: Any) -> Params:
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.averaging import lookahead, slow_params
 
-        state = lookahead(gc.adam(1e-3)).init({"w": jnp.ones(2)})
-        assert jnp.allclose(slow_params(state)["w"], 1.0)
+        state = gc.lookahead(gc.adam(1e-3)).init({"w": jnp.ones(2)})
+        assert jnp.allclose(gc.slow_params(state)["w"], 1.0)
         ```
     """
     node = _find(state, (LookaheadState,), "slow_params", "wrap the optimizer with lookahead")

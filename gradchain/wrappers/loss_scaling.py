@@ -92,9 +92,8 @@ def dynamic_loss_scale(
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.loss_scaling import dynamic_loss_scale, loss_scale
 
-        tx = dynamic_loss_scale(gc.sgd(0.1), init_scale=1024.0, growth_interval=2)
+        tx = gc.dynamic_loss_scale(gc.sgd(0.1), init_scale=1024.0, growth_interval=2)
         params = {"w": jnp.ones(3, jnp.float32)}
         state = tx.init(params)
 
@@ -102,14 +101,14 @@ def dynamic_loss_scale(
             w = params["w"].astype(jnp.float16)  # float16 compute, float32 master weights
             return jnp.sum(w * w).astype(jnp.float32) * scale
 
-        grads = jax.grad(scaled_loss)(params, loss_scale(state))
+        grads = jax.grad(scaled_loss)(params, gc.loss_scale(state))
         updates, state = tx.update(grads, state, params)
         assert jnp.allclose(updates["w"], -0.2)  # the unscaled gradient is 2 w
-        assert loss_scale(state) == 1024.0  # one finite step; growth after two
+        assert gc.loss_scale(state) == 1024.0  # one finite step; growth after two
 
         bad = {"w": jnp.array([jnp.inf, 1.0, 1.0])}
         updates, state = tx.update(bad, state, params)
-        assert (updates["w"] == 0).all() and loss_scale(state) == 512.0
+        assert (updates["w"] == 0).all() and gc.loss_scale(state) == 512.0
         ```
 
     References:
@@ -199,10 +198,6 @@ def _keep_dtype(new: Any, old: Any) -> Any:
     return jnp.asarray(new).astype(old_dtype)
 
 
-def _is_loss_scale_state(x: Any) -> bool:
-    return isinstance(x, DynamicLossScaleState)
-
-
 def loss_scale(state: Any) -> jax.Array:
     """The current loss scale of the `dynamic_loss_scale` state found in `state` (outermost first).
 
@@ -222,18 +217,13 @@ def loss_scale(state: Any) -> jax.Array:
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.loss_scaling import dynamic_loss_scale, loss_scale
 
-        tx = gc.chain(gc.clip_by_global_norm(1.0), dynamic_loss_scale(gc.adam(1e-3)))
+        tx = gc.chain(gc.clip_by_global_norm(1.0), gc.dynamic_loss_scale(gc.adam(1e-3)))
         state = tx.init({"w": jnp.zeros(2)})
-        assert loss_scale(state) == 2.0**15
+        assert gc.loss_scale(state) == 2.0**15
         ```
     """
-    found = [
-        node
-        for node in jax.tree_util.tree_leaves(state, is_leaf=_is_loss_scale_state)
-        if isinstance(node, DynamicLossScaleState)
-    ]
+    found = tree_util.find_nodes(state, DynamicLossScaleState)
     if not found:
         raise ValueError(
             f"loss_scale: no dynamic_loss_scale state (DynamicLossScaleState) in the given "

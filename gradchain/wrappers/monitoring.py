@@ -14,11 +14,10 @@ import jax.numpy as jnp
 from gradchain import _packing as packing
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation, OptState, _call_update, _check_transform
-from gradchain._hyperparams import float_dtype, hyperparams
+from gradchain._hyperparams import _path_str, float_dtype, hyperparams
+from gradchain._lift import saturating_increment
 
 __all__ = ["MonitorState", "metrics", "monitored"]
-
-_INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
 class MonitorState(NamedTuple):
@@ -49,16 +48,7 @@ _NORMS = ("grad_norm", "update_norm", "param_norm")
 
 
 def _top_key(path: tuple) -> str:
-    if not path:
-        return "<root>"
-    key = path[0]
-    if isinstance(key, jax.tree_util.DictKey):
-        return str(key.key)
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return str(key.idx)
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    return str(key)
+    return _path_str(path[:1]) if path else "<root>"
 
 
 def _groups(tree: Any) -> dict[str, list[Any]]:
@@ -72,11 +62,6 @@ def _groups(tree: Any) -> dict[str, list[Any]]:
 def _norm(tree: Any) -> jax.Array:
     # `global_norm` squares in at least float32, so bfloat16/float16 trees do not overflow or round.
     return tree_util.global_norm(tree).astype(float_dtype())
-
-
-def _saturating_increment(count: jax.Array) -> jax.Array:
-    # Saturate instead of wrapping around to negative after 2**31 - 1 steps.
-    return jnp.where(count < _INT32_MAX, count + 1, _INT32_MAX).astype(count.dtype)
 
 
 def monitored(inner: GradientTransformation, *, per_key: bool = False) -> GradientTransformation:
@@ -111,13 +96,12 @@ def monitored(inner: GradientTransformation, *, per_key: bool = False) -> Gradie
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.monitoring import metrics, monitored
 
-        tx = monitored(gc.sgd(learning_rate=0.5))
+        tx = gc.monitored(gc.sgd(learning_rate=0.5))
         params = {"w": jnp.array([3.0, 4.0])}
         state = tx.init(params)
         updates, state = tx.update({"w": jnp.array([0.0, 2.0])}, state, params)
-        m = metrics(state)
+        m = gc.metrics(state)
         assert m["grad_norm"] == 2.0 and m["update_norm"] == 1.0 and m["param_norm"] == 5.0
         assert jnp.isclose(m["update_param_ratio"], 0.2) and m["learning_rate"] == 0.5
         assert m["count"] == 1
@@ -155,7 +139,7 @@ def monitored(inner: GradientTransformation, *, per_key: bool = False) -> Gradie
                 recorded.update({f"{norm}/{k}": _norm(leaves) for k, leaves in groups.items()})
             recorded = {k: recorded[k] for k in state.per_key}
         new_state = MonitorState(
-            _saturating_increment(state.count), grad_norm, update_norm, param_norm, ratio, recorded, inner_state
+            saturating_increment(state.count), grad_norm, update_norm, param_norm, ratio, recorded, inner_state
         )
         return new_updates, new_state
 
@@ -166,23 +150,13 @@ def _is_monitor_state(x: Any) -> bool:
     return isinstance(x, MonitorState)
 
 
-def _path_part(key: Any) -> str:
-    if isinstance(key, jax.tree_util.DictKey):
-        return str(key.key)
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return str(key.idx)
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    return str(getattr(key, "key", key))
-
-
 def _find(state: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], MonitorState]]:
     """Every `MonitorState` in `state`, nested ones included, with its path."""
     found = []
     flat = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_monitor_state)[0]
     for path, node in flat:
         if isinstance(node, MonitorState):
-            where = prefix + tuple(_path_part(k) for k in path)
+            where = prefix + tuple(_path_str((k,)) for k in path)
             found.append((where, node))
             found.extend(_find(node.inner_state, (*where, "inner_state")))
     return found
@@ -216,12 +190,11 @@ def metrics(state: Any) -> dict[str, jax.Array]:
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.monitoring import metrics, monitored
 
-        tx = gc.chain(gc.clip_by_global_norm(1.0), monitored(gc.adam(1e-3)))
+        tx = gc.chain(gc.clip_by_global_norm(1.0), gc.monitored(gc.adam(1e-3)))
         params = {"w": jnp.ones(3)}
         _, state = tx.update({"w": jnp.full(3, 4.0)}, tx.init(params), params)
-        logged = jax.device_get(metrics(state))
+        logged = jax.device_get(gc.metrics(state))
         assert abs(logged["grad_norm"] - 1.0) < 1e-6  # clipped before the monitored adam
         assert logged["learning_rate"] == jnp.float32(1e-3) and logged["count"] == 1
         ```

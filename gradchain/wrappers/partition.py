@@ -245,10 +245,10 @@ def labels_by_path(
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.wrappers.partition import labels_by_path
+        import gradchain as gc
 
         params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}, "norm": {"scale": jnp.ones(3)}}
-        labels = labels_by_path({"*bias": "no_decay", "norm/*": "no_decay"}, default="decay")(params)
+        labels = gc.labels_by_path({"*bias": "no_decay", "norm/*": "no_decay"}, default="decay")(params)
         assert labels == {"dense": {"kernel": "decay", "bias": "no_decay"}, "norm": {"scale": "no_decay"}}
         ```
     """
@@ -277,10 +277,10 @@ def mask_by_path(*patterns: str) -> Callable[[PyTree], PyTree]:
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.wrappers.partition import mask_by_path
+        import gradchain as gc
 
         params = {"encoder": {"w": jnp.ones(2)}, "head": {"w": jnp.ones(2)}}
-        assert mask_by_path("encoder/*")(params) == {"encoder": {"w": True}, "head": {"w": False}}
+        assert gc.mask_by_path("encoder/*")(params) == {"encoder": {"w": True}, "head": {"w": False}}
         ```
     """
     if not patterns:
@@ -389,10 +389,9 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.partition import masked
 
         params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
-        tx = masked(gc.sgd(0.1, momentum=0.9), {"w": True, "b": False})
+        tx = gc.masked(gc.sgd(0.1, momentum=0.9), {"w": True, "b": False})
         state = tx.init(params)
         assert state.inner_state[0].trace["b"] is None  # no momentum buffer for the bias
         u, state = tx.update({"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, state, params)
@@ -438,11 +437,10 @@ class PartitionState(Mapping[str, Any]):
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.partition import PartitionState, partition
 
-        tx = partition({"a": gc.sgd(0.1), "b": gc.adam(1e-3)}, {"x": "a", "y": "b"})
+        tx = gc.partition({"a": gc.sgd(0.1), "b": gc.adam(1e-3)}, {"x": "a", "y": "b"})
         state = tx.init({"x": jnp.ones(2), "y": jnp.ones(3)})
-        assert isinstance(state, PartitionState) and list(state) == ["a", "b"]
+        assert isinstance(state, gc.PartitionState) and list(state) == ["a", "b"]
         assert state["b"][0].mu["x"] is None and state["b"][0].mu["y"].shape == (3,)
         ```
     """
@@ -522,12 +520,11 @@ def partition(transforms: Mapping[str, GradientTransformation], labels: Any) -> 
         import jax
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.partition import labels_by_path, partition
 
         params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}}
-        tx = partition(
+        tx = gc.partition(
             {"decay": gc.adamw(1e-3, weight_decay=0.01), "no_decay": gc.adamw(1e-3, weight_decay=0.0)},
-            labels_by_path({"*bias": "no_decay"}, default="decay"),
+            gc.labels_by_path({"*bias": "no_decay"}, default="decay"),
         )
         state = tx.init(params)
         state = gc.set_hyperparams(state, {"no_decay/learning_rate": 1e-4})
@@ -609,18 +606,17 @@ def reset_group(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.partition import freeze, partition, reset_group
 
         params = {"backbone": jnp.ones(3), "head": jnp.ones(2)}
         labels = {"backbone": "backbone", "head": "head"}
-        frozen = partition({"backbone": freeze(), "head": gc.adam(1e-3)}, labels)
+        frozen = gc.partition({"backbone": gc.freeze(), "head": gc.adam(1e-3)}, labels)
         state = frozen.init(params)
         grads = {"backbone": jnp.ones(3), "head": jnp.ones(2)}
         updates, state = frozen.update(grads, state, params)
         assert (updates["backbone"] == 0).all()
 
-        unfrozen = partition({"backbone": gc.adam(1e-4), "head": gc.adam(1e-3)}, labels)
-        new_state = reset_group(unfrozen, state, params, "backbone")
+        unfrozen = gc.partition({"backbone": gc.adam(1e-4), "head": gc.adam(1e-3)}, labels)
+        new_state = gc.reset_group(unfrozen, state, params, "backbone")
         assert new_state["head"] is state["head"]  # untouched
         assert (new_state["backbone"][0].mu["backbone"] == 0).all()  # fresh moments
         updates, new_state = unfrozen.update(grads, new_state, params)
@@ -667,14 +663,13 @@ def freeze(mask: Any = True) -> GradientTransformation:
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.partition import freeze, mask_by_path, partition
 
         params = {"encoder": {"w": jnp.ones(3)}, "head": {"w": jnp.ones(2)}}
-        tx = freeze(mask_by_path("encoder/*"))
+        tx = gc.freeze(gc.mask_by_path("encoder/*"))
         u, _ = tx.update({"encoder": {"w": jnp.ones(3)}, "head": {"w": jnp.ones(2)}}, tx.init(params), params)
         assert (u["encoder"]["w"] == 0).all() and (u["head"]["w"] == 1).all()
 
-        tx = partition({"frozen": freeze(), "train": gc.adam(1e-3)}, {"encoder": "frozen", "head": "train"})
+        tx = gc.partition({"frozen": gc.freeze(), "train": gc.adam(1e-3)}, {"encoder": "frozen", "head": "train"})
         state = tx.init(params)
         assert state["train"][0].mu["encoder"]["w"] is None  # no moments for frozen leaves
         ```

@@ -107,9 +107,8 @@ def reduce_on_plateau(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.plateau import reduce_on_plateau
 
-        tx = gc.chain(gc.sgd(0.1), reduce_on_plateau(factor=0.5, patience=1))
+        tx = gc.chain(gc.sgd(0.1), gc.reduce_on_plateau(factor=0.5, patience=1))
         params = {"w": jnp.ones(2)}
         state = tx.init(params)
         for loss in [1.0, 0.5, 0.5, 0.5]:  # two bad values in a row after the best, 0.5

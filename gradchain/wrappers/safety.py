@@ -112,9 +112,8 @@ def apply_if_finite(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.safety import apply_if_finite
 
-        tx = apply_if_finite(gc.adam(1e-3), max_consecutive_errors=2)
+        tx = gc.apply_if_finite(gc.adam(1e-3), max_consecutive_errors=2)
         params = {"w": jnp.ones(2)}
         state = tx.init(params)
         u, state = tx.update({"w": jnp.array([1.0, jnp.nan])}, state, params)
@@ -266,9 +265,8 @@ def skip_on_spike(
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.safety import skip_on_spike
 
-        tx = skip_on_spike(gc.sgd(0.1), factor=3.0, warmup_steps=2, watch="loss")
+        tx = gc.skip_on_spike(gc.sgd(0.1), factor=3.0, warmup_steps=2, watch="loss")
         params = {"w": jnp.ones(2)}
         state = tx.init(params)
         for loss in [1.0, 1.2, 0.9, 10.0, 1.1]:

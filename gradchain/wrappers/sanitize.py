@@ -41,9 +41,9 @@ def zero_nans() -> GradientTransformation:
     Example:
         ```python
         import jax.numpy as jnp
-        from gradchain.wrappers.sanitize import zero_nans
+        import gradchain as gc
 
-        tx = zero_nans()
+        tx = gc.zero_nans()
         params = {"a": jnp.zeros(3), "b": jnp.zeros(2)}
         u, state = tx.update({"a": jnp.array([1.0, jnp.nan, jnp.inf]), "b": jnp.ones(2)}, tx.init(params))
         assert u["a"][1] == 0 and u["a"][2] == jnp.inf
@@ -97,9 +97,8 @@ def keep_params_nonnegative() -> GradientTransformation:
         ```python
         import jax.numpy as jnp
         import gradchain as gc
-        from gradchain.wrappers.sanitize import keep_params_nonnegative
 
-        tx = gc.chain(gc.sgd(1.0), keep_params_nonnegative())
+        tx = gc.chain(gc.sgd(1.0), gc.keep_params_nonnegative())
         params = {"w": jnp.array([0.5, 2.0])}
         u, _ = tx.update({"w": jnp.array([1.0, 1.0])}, tx.init(params), params)
         assert (gc.apply_updates(params, u)["w"] == jnp.array([0.0, 1.0])).all()
