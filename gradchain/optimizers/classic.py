@@ -257,9 +257,12 @@ def adam(
 
     Args:
         learning_rate: $\\eta \\ge 0$, or a schedule.
-        b1, b2: moment decay rates in $[0, 1)$.
-        eps, eps_root: $\\epsilon$ outside and inside the root.
-        mu_dtype, nu_dtype: storage dtypes of the moments.
+        b1: decay rate of the first moment, in $[0, 1)$.
+        b2: decay rate of the second moment, in $[0, 1)$.
+        eps: $\\epsilon$ added outside the square root.
+        eps_root: $\\epsilon$ added inside the square root.
+        mu_dtype: storage dtype of the first moment (default: the param's).
+        nu_dtype: storage dtype of the second moment (default: the param's).
         nesterov: NAdam's first moment (see `nadam`).
         weight_decay: coupled L2 coefficient, or None. For decoupled decay use `adamw`.
         pack: packed execution: None (automatic), True or False; see `chain`.
@@ -319,8 +322,10 @@ def adamw(
 
     Args:
         learning_rate: $\\eta \\ge 0$, or a schedule.
-        b1, b2: moment decay rates in $[0, 1)$.
-        eps, eps_root: $\\epsilon$ outside and inside the root.
+        b1: decay rate of the first moment, in $[0, 1)$.
+        b2: decay rate of the second moment, in $[0, 1)$.
+        eps: $\\epsilon$ added outside the square root.
+        eps_root: $\\epsilon$ added inside the square root.
         mu_dtype: storage dtype of the first moment.
         weight_decay: $\\lambda \\ge 0$, or a schedule.
         mask: which leaves to decay (tree of bools or function of the params).
@@ -378,7 +383,13 @@ def nadam(
     default `momentum_decay` is 0.004; `eps_root` does not apply there).
 
     Args:
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype: as in `adam`.
+        learning_rate: as in `adam`.
+        b1: as in `adam`.
+        b2: as in `adam`.
+        eps: as in `adam`.
+        eps_root: as in `adam`.
+        mu_dtype: as in `adam`.
+        nu_dtype: as in `adam`.
         momentum_decay: None for optax's NAdam, or $\\psi \\ge 0$ for Dozat's momentum schedule.
         weight_decay: coupled L2 coefficient, or None.
         pack: packed execution: None (automatic), True or False; see `chain`.
@@ -441,7 +452,15 @@ def nadamw(
     weight_decay=weight_decay, momentum_decay=momentum_decay)`.
 
     Args:
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nu_dtype: as in `adamw`.
+        learning_rate: as in `adamw`.
+        b1: as in `adamw`.
+        b2: as in `adamw`.
+        eps: as in `adamw`.
+        eps_root: as in `adamw`.
+        mu_dtype: as in `adamw`.
+        weight_decay: as in `adamw`.
+        mask: as in `adamw`.
+        nu_dtype: as in `adamw`.
         momentum_decay: None for optax's NAdam, or $\\psi \\ge 0$ for Dozat's momentum schedule.
         pack: packed execution: None (automatic), True or False; see `chain`.
 
@@ -493,7 +512,13 @@ def amsgrad(
     `amsgrad(lr, *betas, eps, debias_before_max=False, weight_decay=weight_decay)`.
 
     Args:
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nu_dtype: as in `adam`.
+        learning_rate: as in `adam`.
+        b1: as in `adam`.
+        b2: as in `adam`.
+        eps: as in `adam`.
+        eps_root: as in `adam`.
+        mu_dtype: as in `adam`.
+        nu_dtype: as in `adam`.
         debias_before_max: optax's (True) or PyTorch's (False) place for the bias correction.
         weight_decay: coupled L2 coefficient, or None.
         pack: packed execution: None (automatic), True or False; see `chain`.
@@ -544,7 +569,8 @@ def adamax(
 
     Args:
         learning_rate: $\\eta \\ge 0$, or a schedule.
-        b1, b2: decay rates in $[0, 1)$.
+        b1: decay rate of the first moment, in $[0, 1)$.
+        b2: decay rate of the infinity norm, in $[0, 1)$.
         eps: $\\epsilon \\ge 0$.
         weight_decay: coupled L2 coefficient, or None.
         pack: packed execution: None (automatic), True or False; see `chain`.
@@ -586,7 +612,10 @@ def adamaxw(
     Recipe: `scale_by_adamax` → `add_decayed_weights(weight_decay, mask)` → `scale_by_learning_rate`.
 
     Args:
-        learning_rate, b1, b2, eps: as in `adamax`.
+        learning_rate: as in `adamax`.
+        b1: as in `adamax`.
+        b2: as in `adamax`.
+        eps: as in `adamax`.
         weight_decay: $\\lambda \\ge 0$, or a schedule.
         mask: which leaves to decay.
         pack: packed execution: None (automatic), True or False; see `chain`.

@@ -283,7 +283,10 @@ def scale_by_amsgrad(
     correction still changes (early steps).
 
     Args:
-        b1, b2, eps, eps_root: as in `scale_by_adam` (hyperparameters of the same names).
+        b1: as in `scale_by_adam` (hyperparameters of the same names).
+        b2: as in `scale_by_adam` (hyperparameters of the same names).
+        eps: as in `scale_by_adam` (hyperparameters of the same names).
+        eps_root: as in `scale_by_adam` (hyperparameters of the same names).
         mu_dtype: storage dtype of $\\mu$.
         nu_dtype: storage dtype of $\\nu$ and of the maximum.
         debias_before_max: which convention to follow (see above).
