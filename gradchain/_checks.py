@@ -55,6 +55,11 @@ def check(name: str, value: Any, kind: str) -> None:
     Schedules (callables) and traced values are not checked. A non-scalar array raises TypeError:
     hyperparameters are scalars.
     """
+    if isinstance(value, (type, np.dtype)):  # classes are callable: a dtype must not pass for a schedule
+        raise TypeError(
+            f"{name} must be a number or a schedule, got the type {getattr(value, '__name__', value)!s} "
+            "(a dtype passed by position where a hyperparameter goes?)"
+        )
     if callable(value):
         return
     if isinstance(value, (bool, np.bool_)):

@@ -543,3 +543,18 @@ def test_hyperparams_survive_copy_and_pickle():
         u1, _ = tx.update(make_grads(1)[0], restored, params)
         u2, _ = tx.update(make_grads(1)[0], state, params)
         assert_trees_equal(u1, u2)
+
+
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        # optax's trace(decay, nesterov, accumulator_dtype) by position: the dtype lands on `dampening`
+        (lambda: gc.trace(0.9, False, jnp.float32), "dampening"),
+        (lambda: gc.scale_by_learning_rate(jnp.float32), "learning_rate"),
+        (lambda: gc.adam(1e-3, np.dtype("float32")), "b1"),
+    ],
+)
+def test_a_dtype_is_not_taken_for_a_schedule(build, name):
+    # Classes are callable, so without this check a dtype became a "schedule" of the step count.
+    with pytest.raises(TypeError, match=rf"{name} must be a number or a schedule, got the type float32"):
+        build()
