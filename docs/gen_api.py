@@ -78,7 +78,14 @@ PAGES = {
     "schedules.md": ("Schedules", "`gc.schedules`: functions of the step count, for any hyperparameter.", []),
     "tree.md": ("Pytree helpers", "`gc.tree`: the pytree utilities gradchain uses, public.", []),
     "interop.md": ("optax interop", "Use optax transformations in gradchain chains, and the reverse.", []),
-    "doctor.md": ("Training doctor", "A learning-rate range test and a reader of loss curves.", []),
+    "doctor.md": (
+        "Training doctor",
+        "A learning-rate range test and a reader of loss curves; the [guide](../doctor.md) shows them at work.",
+        [
+            ("gradchain.doctor.range_test", "Learning-rate range test"),
+            ("gradchain.doctor.curves", "Reading a loss curve"),
+        ],
+    ),
     "states.md": (
         "States",
         "The state each transformation keeps. They are pytrees (named tuples) you rarely build by hand; "
@@ -87,7 +94,7 @@ PAGES = {
     ),
 }
 FLAT = {"schedules.md": schedules, "tree.md": tree}
-SINGLE_MODULE = {"interop.md": "gradchain.interop", "doctor.md": "gradchain.doctor"}
+SINGLE_MODULE = {"interop.md": "gradchain.interop"}
 
 
 def _is_state(obj) -> bool:

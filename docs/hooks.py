@@ -8,6 +8,7 @@ are missing or older than their source, so `mkdocs build` works on a fresh check
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
 import pathlib
@@ -52,6 +53,12 @@ def on_config(config, **kwargs):
     return config
 
 
+def _cell(text: str) -> str:
+    """Text as a table cell: HTML escaped, and Markdown's table and emphasis characters taken literally."""
+    text = html.escape(text, quote=False)
+    return re.sub(r"([|*_`\[\]\\])", r"\\\1", text)
+
+
 def _claims_table() -> str:
     rows = ["| notebook | claim | run | evidence |", "|---|---|---|---|"]
     for record_path in sorted((ROOT / "docs" / "notebooks").glob("*.claims.json")):
@@ -63,7 +70,7 @@ def _claims_table() -> str:
                 verdict = "agrees" if claim["expected"] else "**agrees**, the notebook expected not"
             else:
                 verdict = "disagrees: the notebook explains why" if not claim["expected"] else "**disagrees**"
-            rows.append(f"| {link} | {claim['claim']} | {verdict} | {claim['evidence']} |")
+            rows.append(f"| {link} | {_cell(claim['claim'])} | {verdict} | {_cell(claim['evidence'])} |")
     return "\n".join(rows)
 
 

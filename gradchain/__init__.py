@@ -21,6 +21,7 @@ from gradchain._base import (
 )
 from gradchain._hyperparams import Hyperparams, hyperparams, set_hyperparams
 from gradchain._packing import Packed, pack, unpack
+from gradchain.doctor import Diagnosis, Finding, LRRangeResult, diagnose, lr_range_test
 from gradchain.interop import from_optax, to_optax
 from gradchain.optimizers.adam_variants import adabelief, adan, novograd, radam, yogi
 from gradchain.optimizers.classic import (
@@ -157,6 +158,11 @@ from gradchain.wrappers.sanitize import ZeroNansState, keep_params_nonnegative, 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Diagnosis",
+    "Finding",
+    "LRRangeResult",
+    "diagnose",
+    "lr_range_test",
     # protocol
     "GradientTransformation",
     "EmptyState",

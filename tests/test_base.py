@@ -337,6 +337,12 @@ NOT_TRANSFORMATIONS = {
     "metrics",
     "to_optax",  # returns an optax transformation (tested in test_optax_interop.py)
     "asgd_averaged_params",
+    # the training doctor
+    "lr_range_test",
+    "LRRangeResult",
+    "diagnose",
+    "Diagnosis",
+    "Finding",
     "value_and_grad_from_state",
     "find_linesearch_state",
     "minimize",

@@ -352,7 +352,7 @@ def test_report_with_no_out_writes_nothing(tmp_path, monkeypatch):
 
 README_COMMANDS = [
     'python3 -m venv .venv && . .venv/bin/activate && pip install ".[demo]" && python -m gradchain demo',
-    'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && pytest',
+    'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && pytest && mkdocs build --strict',
 ]
 
 

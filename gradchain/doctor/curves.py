@@ -1,0 +1,675 @@
+"""`diagnose`: read a loss curve (and a validation curve) and report the classic patterns it shows.
+
+Part of the training doctor (see `gradchain.doctor`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from gradchain._checks import check_int
+
+__all__ = ["Diagnosis", "Finding", "diagnose"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One pattern `diagnose` found in a loss curve, with its evidence and the usual remedies.
+
+    Attributes:
+        kind: one of "exploding", "flat", "overfitting", "plateau", "noisy".
+        summary: one line, quoting the numbers in `evidence`.
+        advice: the usual remedies, most likely first (from the debugging flowchart of CMU 10-701
+            lecture 6 and the optimizer primer's debugging guide).
+        evidence: the numbers behind the finding, by name. Steps are 0-based indices into the
+            training history; fractions are plain ratios (0.05 is 5%). `diagnose` lists each
+            kind's keys.
+
+    Example:
+        ```python
+        import numpy as np
+        import gradchain as gc
+
+        finding = gc.diagnose(np.linspace(1.0, 0.99, 100)).findings[0]
+        assert finding.kind == "flat" and finding.evidence["drop"] < 0.1
+        print(finding)  # the summary, the evidence and the advice
+        ```
+    """
+
+    kind: str
+    summary: str
+    advice: tuple[str, ...]
+    evidence: dict[str, float]
+
+    def __post_init__(self) -> None:
+        # Plain Python floats, whatever numpy scalar computed them, so the evidence reads cleanly.
+        object.__setattr__(self, "advice", tuple(self.advice))
+        object.__setattr__(self, "evidence", {k: float(v) for k, v in self.evidence.items()})
+
+    def __str__(self) -> str:
+        numbers = ", ".join(f"{k}={_fmt(v)}" for k, v in self.evidence.items())
+        lines = [f"{self.kind}: {self.summary}", f"  evidence: {numbers}"]
+        lines += [f"  - {a}" for a in self.advice]
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    """What `diagnose` found in a loss curve: the findings in order of severity, and notes.
+
+    `"plateau" in d` tells whether a kind was found, and `d["plateau"]` returns its `Finding`.
+
+    Attributes:
+        findings: the patterns found, most severe first (exploding, flat, overfitting, plateau,
+            noisy); empty for a healthy curve.
+        notes: what was not assessed and why (too short a history, no validation history, the
+            other patterns skipped because the loss exploded).
+        steps: the length of the training history read.
+
+    Example:
+        ```python
+        import numpy as np
+        import gradchain as gc
+
+        healthy = gc.diagnose(np.exp(-np.arange(100) / 40))
+        assert healthy.healthy and healthy.kinds == ()
+        broken = gc.diagnose([1.0, 0.9, 1.5, 30.0, np.nan])
+        assert broken.kinds == ("exploding",) and "exploding" in broken
+        print(broken)  # each finding, its evidence and advice
+        ```
+    """
+
+    findings: tuple[Finding, ...]
+    notes: tuple[str, ...] = ()
+    steps: int = 0
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of the findings, in order of severity."""
+        return tuple(f.kind for f in self.findings)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether no pattern was found."""
+        return not self.findings
+
+    def __getitem__(self, kind: str) -> Finding:
+        for f in self.findings:
+            if f.kind == kind:
+                return f
+        raise KeyError(f"diagnose found no {kind!r} pattern; found: {list(self.kinds) or 'none'}")
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self.kinds
+
+    def __str__(self) -> str:
+        head = f"diagnose: {self.steps} steps: "
+        if self.healthy:
+            lines = [head + "no pattern found (healthy)"]
+        else:
+            lines = [head + ", ".join(self.kinds)]
+            lines += [str(f) for f in self.findings]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+_KINDS = ("exploding", "flat", "overfitting", "plateau", "noisy")  # in order of severity
+
+_ADVICE: dict[str, tuple[str, ...]] = {
+    "exploding": (
+        "lower the learning rate (3-10x; gc.lr_range_test shows where it diverges)",
+        "check the feature/input scaling (standardise the features)",
+        "clip the gradients (gc.clip_by_global_norm) or skip bad steps (gc.apply_if_finite)",
+    ),
+    "flat": (
+        "raise the learning rate (try 10x; gc.lr_range_test sweeps it)",
+        "normalise the features and check the initialisation",
+        "check that the gradients reach the params (a loss that does not depend on them is flat too)",
+    ),
+    "overfitting": (
+        "add weight decay (gc.adamw, or weight_decay= in gc.sgd / gc.adam)",
+        "stop early: keep the params of the best validation step",
+        "more data or data augmentation; a smaller model",
+    ),
+    "plateau": (
+        "decay the learning rate: a schedule (gc.schedules.cosine_decay_schedule, "
+        "piecewise_constant_schedule) or gc.reduce_on_plateau",
+        "if this level is the best the model can reach, training has converged: stop earlier",
+        "otherwise try another optimizer (momentum, Adam) or a larger model",
+    ),
+    "noisy": (
+        "increase the batch size",
+        "add momentum (gc.sgd(lr, momentum=0.9)) or average the params (gc.ema_params)",
+        "decay the learning rate to settle below the noise floor (a schedule)",
+    ),
+}
+
+
+def _fmt(x: float) -> str:
+    if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e9:
+        return str(int(x))
+    return f"{x:.3g}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+# Running medians are evaluated at no more than this many centres (and interpolated between them),
+# so that a history of a million steps costs a few thousand medians.
+_MAX_CENTRES = 2000
+# The standard error of the median of k iid normal samples is sqrt(pi / 2) * sigma / sqrt(k).
+_MEDIAN_SE = math.sqrt(math.pi / 2)
+# For Gaussian noise of standard deviation sigma, median |y[t] - y[t-1]| = 0.6745 * sqrt(2) * sigma.
+_MAD_DIFF = 0.6745 * math.sqrt(2)
+# A change counts only when it is more than this many standard errors of the noise.
+_SIGNIFICANCE = 3.0
+# A stall whose step noise is below this fraction of its level is deterministic training that
+# converged (float32 rounding jitter is ~1e-7; mini-batch noise, even averaged over an epoch, ~1e-3+).
+_SMOOTH = 1e-4
+
+
+class _Curve:
+    """A history, smoothed by a running median, with the noise of each smoothed value.
+
+    Noise is measured on the log scale when every value is positive (the noise of a loss usually
+    scales with the loss: multiplicative noise is uniform there) and on the linear scale otherwise;
+    `g` maps to that scale and `values_g`, `se` live on it. `values` is the smoothed history in loss
+    units (a running median commutes with the log, up to the mean of the two middle values of an
+    even, truncated window). At most `_MAX_CENTRES` centres (`steps`) are
+    evaluated; windows are truncated at the ends. `se` is the standard error of each running median,
+    from the local step noise (a running median of |differences|): local, because the noise of a
+    loss changes as it falls.
+    """
+
+    def __init__(self, y: np.ndarray, half: int):
+        n = len(y)
+        self.log = bool((y > 0).all())
+        if n <= _MAX_CENTRES:
+            centres = np.arange(n)
+        else:
+            centres = np.unique(np.round(np.linspace(0, n - 1, _MAX_CENTRES)).astype(np.int64))
+        g = self.g(y)
+        self.steps = centres
+        self.width = 2 * half + 1
+        self.values = _running_median(y, half, centres)
+        self.values_g = self.g(self.values)
+        jumps = np.abs(np.diff(g, prepend=g[0]))
+        jumps[0] = jumps[1] if n > 1 else 0.0
+        self.noise = _running_median(jumps, half, centres) / _MAD_DIFF
+        counts = np.minimum(centres, half) + np.minimum(n - 1 - centres, half) + 1
+        self.se = _MEDIAN_SE * self.noise / np.sqrt(counts)
+        # The lowest (highest) of K independent window medians lies about sqrt(2 ln K) standard
+        # errors below (above) their level: an allowance for picking extremes out of a noisy curve.
+        self.extreme = math.sqrt(2 * math.log(max(n / self.width, 1.0)))
+
+    def g(self, x: Any) -> Any:
+        return np.log(x) if self.log else x
+
+    def drop_needed(self, x: float, allowance: float) -> float:
+        """How far (in loss units) a value x must fall to fall by `allowance` on the noise scale."""
+        return x * -math.expm1(-allowance) if self.log else allowance
+
+    def at(self, step: float) -> float:
+        return float(np.interp(step, self.steps, self.values))
+
+
+def _running_median(y: np.ndarray, half: int, centres: np.ndarray) -> np.ndarray:
+    width = 2 * half + 1
+    padded = np.concatenate([np.full(half, np.nan), y, np.full(half, np.nan)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width)
+    values = np.empty(len(centres))
+    block = max(1, 2_000_000 // width)  # bound the memory of one nanmedian call
+    for i in range(0, len(centres), block):
+        values[i : i + block] = np.nanmedian(windows[centres[i : i + block]], axis=1)
+    return values
+
+
+def _step_noise(y: np.ndarray) -> float:
+    """The standard deviation of the step-to-step noise: the robust spread of the differences / sqrt(2).
+
+    Differences cancel a slowly moving trend; the median absolute deviation ignores the few steps
+    where the trend is steep (a fast initial drop) and isolated spikes.
+    """
+    if len(y) < 3:
+        return 0.0
+    d = np.diff(y)
+    return float(np.median(np.abs(d - np.median(d))) / _MAD_DIFF)
+
+
+def _as_history(name: str, value: Any) -> np.ndarray:
+    try:
+        y = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"diagnose: {name} must be a 1-D sequence of numbers, got {type(value).__name__}") from e
+    if y.ndim != 1:
+        raise ValueError(f"diagnose: {name} must be 1-D (one loss per step), got shape {y.shape}")
+    if len(y) == 0:
+        raise ValueError(f"diagnose: {name} is empty")
+    return y
+
+
+def _check_threshold(name: str, value: Any, *, upper: float = math.inf, lower: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"diagnose: {name} must be a number, got {type(value).__name__}: {value!r}")
+    x = float(value)
+    if not (lower < x <= upper):
+        raise ValueError(f"diagnose: {name} must be in ({lower:g}, {upper:g}], got {value!r}")
+    return x
+
+
+def diagnose(
+    loss_history: Any,
+    *,
+    val_history: Any = None,
+    val_every: int | None = None,
+    smoothing: float = 0.1,
+    window: float = 0.25,
+    min_steps: int = 10,
+    explode_factor: float = 2.0,
+    explode_rise: float = 0.1,
+    flat_drop: float = 0.1,
+    plateau_gain: float = 0.01,
+    noise_level: float = 0.1,
+    overfit_rise: float = 0.1,
+) -> Diagnosis:
+    """Read a loss curve and report which of the classic patterns it shows, with evidence and advice.
+
+    Host-side numpy (not jitted): call it on the logged losses after training, or every so often
+    during it. The statistics are simple and robust, so that each finding can be checked by eye:
+
+    - the **smoothed loss** $s_t$: a running median over `smoothing` of the history (truncated at
+      the ends). It follows trends (the median of a monotone stretch is its middle value) and
+      ignores spikes shorter than half its window;
+    - the **start level** $L_0$: the median of the first `smoothing` of the steps; the first loss
+      and the median of the first 3 are also tried, so that a drop within those first steps is
+      seen (the largest significant drop wins);
+    - the **noise**: the step noise $\\sigma$ is the robust spread of the step-to-step differences
+      (median absolute difference / $(0.6745\\sqrt 2)$), measured locally (a running median of
+      them) and on the log scale when every loss is positive (the noise of a loss usually scales
+      with it). A change counts only when it is also larger than the noise allows: 3 standard
+      errors of the two medians compared ($\\sqrt{\\pi/2}\\,\\sigma/\\sqrt k$ for a median of $k$
+      losses), plus $\\sqrt{2 \\ln K}$ standard errors where an extreme was picked out of $K$
+      windows. Noise-free curves are judged by the thresholds alone; noisy ones need a clearer
+      signal.
+
+    The patterns, in order of severity (the loss-curve debugging flowchart of CMU 10-701 lecture 6;
+    the debugging guide of the optimizer primer):
+
+    - **exploding**: a NaN or Inf in the history; or the smoothed loss rising to `explode_factor`
+      times its lowest earlier value (for a positive loss), by at least `explode_rise` of the loss
+      scale $\\max(|L_0|, L_0 - \\min s)$ and by more than the noise. Advice: lower the learning
+      rate, check the feature scaling, clip the gradients. The other patterns are then not assessed
+      (their advice would mislead: fix this first). Evidence: `nonfinite_steps`, `steps`,
+      `first_nonfinite_step`, `last_finite_loss`; or `start`, `best`, `best_step`, `peak`,
+      `peak_step`, `factor`.
+    - **flat**: the loss never fell below the start level (to the lowest smoothed loss, or to the
+      median of the last `smoothing` of the steps) by `flat_drop` of $|L_0|$ and by more than the
+      noise. Advice: raise the learning rate, normalise the features. Evidence: `steps`, `start`,
+      `best`, `drop` and the `threshold` applied (fractions of $|L_0|$).
+    - **overfitting** (with `val_history`): the validation loss (smoothed by a 3-point running
+      median) ends at least `overfit_rise` (a fraction) above its minimum, and by more than its
+      noise, while the smoothed training loss did not rise after that minimum. Advice: weight
+      decay, early stopping at the best validation step, more data. Evidence: `best_val`,
+      `best_val_step` (a training step), `final_val`, `val_rise`, `train_at_best_val`,
+      `final_train`.
+    - **plateau** (if not flat): over the last `window` of the steps the loss improved by less than
+      `plateau_gain` of its total improvement $L_0 - \\min s$, or by no more than its noise can hide
+      (3 standard errors), measured between the medians of the first and last thirds of that
+      window: the loss dropped, then stalled, or is no longer visibly improving, or creeps up. A
+      stall with no step noise (below $10^{-4}$ of the level) or that never goes up is
+      deterministic, full-batch training converging, to its optimum or a saddle: it is not a
+      plateau finding but a note saying since when, as a decaying rate cannot help it. Advice: decay the learning
+      rate (a schedule, `gc.reduce_on_plateau`), or stop earlier if this is the floor. Evidence:
+      `window`, `window_start_step`, `gain` and the `threshold` applied (fractions of the total),
+      `level`, `total_improvement`, `stalled_since_step`.
+    - **noisy**: over the last `window` of the steps the step noise (in loss units) is at least
+      `noise_level` of the loss level there (its median; counted as at least 0.1% of $|L_0|$, so
+      that rounding jitter of a loss that reached about 0 does not count). Advice: bigger batches,
+      momentum or parameter averaging, a decaying rate. Evidence: `window`, `noise`, `level`,
+      `relative_noise`. Per-batch losses carry their batch's sampling noise (about
+      $\\sqrt{2/B}$ of the level for a squared error over $B$ examples) even at a fixed point:
+      diagnose the full training loss, or epoch means, to see the optimizer's own noise.
+
+    Several can hold at once: noisy and plateau is SGD at a constant rate on its noise floor.
+
+    Short histories: the NaN/Inf check always runs; the other patterns need `min_steps` finite
+    losses (the validation check, 3 values); the result then has no finding and says in `notes`
+    what was not assessed, rather than raising, so that a diagnosis called during training does
+    not fail in its first steps.
+
+    Validation alignment: `val_history[j]` is placed at training step `j * val_every` (the
+    convention of `if step % val_every == 0: evaluate`); with `val_every=None`, the values are
+    equally spaced over the training span, the first at step 0 and the last at the last step (one
+    of each per epoch, or an evaluation per epoch next to a loss per step). Non-finite validation
+    values are dropped, with a note.
+
+    Args:
+        loss_history: the training loss, one value per step or epoch (list, numpy or jax array);
+            NaN/Inf allowed.
+        val_history: the validation loss, evaluated every `val_every` steps or equally spaced.
+        val_every: training steps between validation evaluations, or None (see above).
+        smoothing: the running-median window, as a fraction of the history (at least 3 steps).
+        window: the fraction of the history, at its end, read for the plateau and noise checks.
+        min_steps: the fewest finite losses for the patterns other than NaN/Inf (>= 3).
+        explode_factor: exploding: the smoothed loss reaches this multiple of its best earlier value.
+        explode_rise: exploding: and rises by at least this fraction of the loss scale.
+        flat_drop: flat: the loss fell by less than this fraction of its start level.
+        plateau_gain: plateau: the last `window` brought less than this fraction of the total
+            improvement.
+        noise_level: noisy: the step noise is at least this fraction of the loss level.
+        overfit_rise: overfitting: the validation loss ends at least this fraction above its minimum.
+
+    Returns:
+        A `Diagnosis`: `findings` (most severe first), `kinds`, `healthy`, `notes`; `str()` is a
+        readable report.
+
+    Raises:
+        TypeError: a history that is not a sequence of numbers; a threshold that is not a number.
+        ValueError: an empty or non-1-D history (the message names it); a threshold out of range;
+            `val_every` without `val_history`, or placing validation values beyond the training
+            history.
+
+    Example:
+        ```python
+        import numpy as np
+        import gradchain as gc
+
+        steps = np.arange(400)
+        rng = np.random.default_rng(0)
+        train = (0.2 + np.exp(-steps / 30)) * (1 + 0.3 * rng.standard_normal(400))  # noisy, stalls
+        d = gc.diagnose(train)
+        assert d.kinds == ("plateau", "noisy")
+        print(d)
+
+        val = 0.3 + 0.5 * np.exp(-steps[::10] / 30) + 1e-3 * steps[::10]  # lowest near step 80
+        d = gc.diagnose(np.exp(-steps / 150), val_history=val, val_every=10)
+        assert d.kinds == ("overfitting",) and d["overfitting"].evidence["best_val_step"] < 150
+        ```
+
+    References:
+        CMU 10-701 lecture 6 ("Debugging training: a tiny flowchart", "Noise floor"); "ML
+        Optimization; A Primer" ("Debugging Training: The Troubleshooting Guide").
+    """
+    y = _as_history("loss_history", loss_history)
+    smoothing = _check_threshold("smoothing", smoothing, upper=1.0)
+    window = _check_threshold("window", window, upper=1.0)
+    min_steps = check_int("diagnose: min_steps", min_steps, minimum=3)
+    explode_factor = _check_threshold("explode_factor", explode_factor, lower=1.0)
+    explode_rise = _check_threshold("explode_rise", explode_rise)
+    flat_drop = _check_threshold("flat_drop", flat_drop, upper=1.0)
+    plateau_gain = _check_threshold("plateau_gain", plateau_gain, upper=1.0)
+    noise_level = _check_threshold("noise_level", noise_level)
+    overfit_rise = _check_threshold("overfit_rise", overfit_rise)
+    val = None if val_history is None else _as_history("val_history", val_history)
+    if val_every is not None:
+        if val is None:
+            raise ValueError("diagnose: val_every needs val_history")
+        val_every = check_int("diagnose: val_every", val_every, minimum=1)
+        last = (len(val) - 1) * val_every
+        if last > len(y) - 1:
+            raise ValueError(
+                f"diagnose: val_every={val_every} puts the last of the {len(val)} val_history values at "
+                f"training step {last}, beyond the {len(y)} values of loss_history"
+            )
+
+    n = len(y)
+    notes: list[str] = []
+    finite = np.isfinite(y)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        evidence = {"nonfinite_steps": float(len(bad)), "steps": float(n), "first_nonfinite_step": float(bad[0])}
+        before = ""
+        if bad[0] > 0:
+            evidence["last_finite_loss"] = float(y[bad[0] - 1])
+            before = f" (the loss before it: {y[bad[0] - 1]:.4g})"
+        finding = Finding(
+            "exploding",
+            f"{len(bad)} of {n} losses are NaN or Inf, the first at step {bad[0]}{before}",
+            _ADVICE["exploding"],
+            evidence,
+        )
+        notes.append("the loss exploded: the other patterns were not assessed (fix this first)")
+        return Diagnosis((finding,), tuple(notes), n)
+    if n < min_steps:
+        notes.append(f"{n} losses are fewer than min_steps={min_steps}: only NaN/Inf was checked")
+        return Diagnosis((), tuple(notes), n)
+
+    s = _Curve(y, max(1, round(smoothing * n / 2)))
+    i_best = int(np.argmin(s.values_g))
+    best = float(s.values[i_best])
+    start, drop, flat_threshold, flat = _start_level(s, y, i_best, max(1, round(smoothing * n)), flat_drop)
+    scale = max(abs(start), start - best) or 1.0
+
+    exploding = _exploding(s, start, explode_factor, explode_rise * scale)
+    if exploding is not None:
+        notes.append("the loss exploded: the other patterns were not assessed (fix this first)")
+        return Diagnosis((exploding,), tuple(notes), n)
+
+    findings: list[Finding] = []
+    if flat:
+        findings.append(
+            Finding(
+                "flat",
+                f"over {n} steps the loss fell by only {_pct(drop)} of its start level "
+                f"(from {start:.4g} to at best {best:.4g}; threshold {_pct(flat_threshold)})",
+                _ADVICE["flat"],
+                {"steps": float(n), "start": start, "best": best, "drop": drop, "threshold": flat_threshold},
+            )
+        )
+
+    if val is None:
+        notes.append("no val_history: overfitting not assessed")
+    else:
+        overfit = _overfitting(val, val_every, n, s, overfit_rise, notes)
+        if overfit is not None:
+            findings.append(overfit)
+
+    t0 = n - max(3, round(window * n))
+    tail = y[t0:]
+    tail_sigma = _step_noise(tail)
+    level = float(np.median(tail))
+    # The level noise is measured against: at least 0.1% of the start, so that the rounding jitter of
+    # a loss that reached about 0 is not noise.
+    floor = max(abs(level), 1e-3 * abs(start), np.finfo(np.float64).tiny)
+    relative = tail_sigma / floor
+    if not flat:
+        stall = _stall(y, s, t0, start - best, plateau_gain, tail_sigma, window)
+        smooth = relative < _SMOOTH or bool(np.all(np.diff(tail) <= _SMOOTH * floor))  # no noise, or never rising
+        if stall is not None and smooth and stall.evidence["gain"] > -plateau_gain:
+            ev = stall.evidence
+            notes.append(
+                f"converged: the loss has stayed near {ev['level']:.4g} since step ~{ev['stalled_since_step']:.0f}, "
+                "smoothly (no step noise, or never rising): deterministic training that stalls is at its optimum "
+                "or a saddle; a decaying rate would not help, stopping earlier would save the steps"
+            )
+        elif stall is not None:
+            findings.append(stall)
+    if relative >= noise_level:
+        findings.append(
+            Finding(
+                "noisy",
+                f"over the last {_pct(window)} of the steps the loss moves by {tail_sigma:.3g} from step to "
+                f"step, {_pct(relative)} of its level {level:.4g}",
+                _ADVICE["noisy"],
+                {"window": window, "noise": tail_sigma, "level": level, "relative_noise": relative},
+            )
+        )
+
+    findings.sort(key=lambda f: _KINDS.index(f.kind))
+    return Diagnosis(tuple(findings), tuple(notes), n)
+
+
+def _start_level(s: _Curve, y: np.ndarray, i_best: int, k: int, flat_drop: float) -> tuple[float, float, float, bool]:
+    """The start level, the drop from it to the best smoothed loss, the flat threshold, and whether flat.
+
+    The start is read three ways: the first loss, the median of the first 3, and the median of the
+    first `k` (the `smoothing` fraction). The median of many is precise but sits past a drop that
+    happens within those steps; the first loss sees such a drop but is as noisy as one step. The
+    low point is read two ways: the lowest smoothed loss (which, picked out of many, dips below
+    the level by about `extreme` standard errors of noise), and the median of the last `k` losses.
+    The loss is not flat if its drop from a start to a low point is both at least `flat_drop` of
+    that start and more than the noise allows (3 standard errors of the two medians compared, plus
+    the dip for the lowest one). The start reported is the one with the largest such drop, else the
+    median of the most losses (the first `k`, or 3 if `k` is smaller).
+    """
+    g = s.g(y)
+    sigma_start = s.noise[0]  # the step noise at the start and at the end, on the noise scale
+    sigma_end = s.noise[-1]
+    tail_g = float(np.median(g[-k:]))
+    lows = [
+        (float(s.values[i_best]), float(s.values_g[i_best]), float(s.se[i_best]), s.extreme * float(s.se[i_best])),
+        (float(np.exp(tail_g)) if s.log else tail_g, tail_g, _MEDIAN_SE * sigma_end / math.sqrt(k), 0.0),
+    ]
+    best = lows[0][0]
+    chosen = None
+    for size in sorted({1, min(3, len(y)), k}, reverse=True):
+        start_g = float(np.median(g[:size]))
+        start = float(np.exp(start_g)) if s.log else start_g
+        start_scale = abs(start) or 1.0
+        se_start = _MEDIAN_SE * sigma_start / math.sqrt(size)
+        for i, (low, low_g, se_low, dip) in enumerate(lows):
+            allowance = _SIGNIFICANCE * math.hypot(se_start, se_low) + dip
+            threshold = max(flat_drop, s.drop_needed(start, allowance) / start_scale)
+            drop = (start - low) / start_scale
+            if chosen is None and i == 0:
+                chosen = (start, (start - best) / start_scale, threshold, True)  # the default report
+            if drop >= threshold and start_g - low_g >= allowance and (chosen[3] or drop > chosen[1]):
+                chosen = (start, (start - best) / start_scale, threshold, False)
+    assert chosen is not None
+    return chosen
+
+
+def _exploding(s: _Curve, start: float, factor: float, min_rise: float) -> Finding | None:
+    v, vg = s.values, s.values_g
+    index = np.arange(len(v))
+    best_g = np.minimum.accumulate(vg)
+    i_best_before = np.maximum.accumulate(np.where(vg <= best_g, index, 0))
+    best_before = v[i_best_before]
+    noise = _SIGNIFICANCE * np.hypot(s.se, s.se[i_best_before]) + s.extreme * (s.se + s.se[i_best_before])
+    hit = (v - best_before >= min_rise) & (vg - best_g >= noise)
+    if s.log:
+        hit &= vg - best_g >= math.log(factor)
+    else:
+        hit &= (best_before <= 0) | (v >= factor * best_before)
+    if not hit.any():
+        return None
+    first = int(np.argmax(hit))
+    i_best = int(i_best_before[first])
+    i_peak = first + int(np.argmax(v[first:]))
+    best, peak = float(v[i_best]), float(v[i_peak])
+    ratio = peak / best if best > 0 else math.inf
+    times = f", {ratio:.3g}x" if math.isfinite(ratio) else ""
+    return Finding(
+        "exploding",
+        f"the smoothed loss rose from its best {best:.4g} (step {s.steps[i_best]}) to {peak:.4g} "
+        f"(step {s.steps[i_peak]}){times}; it started at about {start:.4g}",
+        _ADVICE["exploding"],
+        {
+            "start": start,
+            "best": best,
+            "best_step": float(s.steps[i_best]),
+            "peak": peak,
+            "peak_step": float(s.steps[i_peak]),
+            "factor": ratio,
+        },
+    )
+
+
+def _stall(
+    y: np.ndarray,
+    s: _Curve,
+    t0: int,
+    total: float,
+    gain_threshold: float,
+    tail_sigma: float,
+    window: float,
+) -> Finding | None:
+    n = len(y)
+    third = max(1, (n - t0) // 3)
+    first_level = float(np.median(y[t0 : t0 + third]))
+    level = float(np.median(y[n - third :]))
+    se = _MEDIAN_SE * _step_noise(s.g(y[t0:])) * math.sqrt(2 / third)
+    threshold = max(gain_threshold, s.drop_needed(first_level, _SIGNIFICANCE * se) / total)
+    gain = (first_level - level) / total
+    if gain >= threshold:
+        return None
+    # Since when has the loss stayed within the threshold of its later best? Read on a 3-step running
+    # median (the wide one's truncated first window would already sit past a fast initial drop).
+    future_best = np.interp(np.arange(n), s.steps, np.minimum.accumulate(s.values[::-1])[::-1])
+    near = _Curve(y, 1)
+    slack = max(threshold * total, _SIGNIFICANCE * _MEDIAN_SE * tail_sigma / math.sqrt(3))
+    since = min(int(near.steps[int(np.argmax(near.values - future_best[near.steps] <= slack))]), t0)
+    summary = (
+        f"over the last {_pct(window)} of the steps (from step {t0}) the loss improved by {_pct(gain)} of its "
+        f"total improvement {total:.4g} (threshold {_pct(threshold)}); no real improvement since step ~{since}, "
+        f"the loss is now about {level:.4g}"
+    )
+    evidence = {
+        "window": window,
+        "window_start_step": float(t0),
+        "gain": gain,
+        "threshold": threshold,
+        "level": level,
+        "total_improvement": total,
+        "stalled_since_step": float(since),
+    }
+    return Finding("plateau", summary, _ADVICE["plateau"], evidence)
+
+
+def _overfitting(
+    val: np.ndarray,
+    val_every: int | None,
+    n: int,
+    train: _Curve,
+    rise: float,
+    notes: list[str],
+) -> Finding | None:
+    m = len(val)
+    if val_every is not None:
+        positions = np.arange(m, dtype=np.float64) * val_every
+    else:
+        positions = np.linspace(0, n - 1, m) if m > 1 else np.zeros(1)
+    keep = np.isfinite(val)
+    if not keep.all():
+        notes.append(f"{int((~keep).sum())} non-finite val_history values were dropped")
+    val, positions = val[keep], positions[keep]
+    if len(val) < 3:
+        notes.append(f"{len(val)} finite val_history values are too few (3 needed): overfitting not assessed")
+        return None
+    # A 3-point running median: validation minima are often early and sharp, and a validation set
+    # is fixed, so its curve carries no batch-sampling noise to average away.
+    sv = _Curve(val, 1)
+    j = int(np.argmin(sv.values_g))
+    best, final = float(sv.values[j]), float(sv.values[-1])
+    val_rise = (final - best) / (abs(best) or 1.0)
+    significant = sv.values_g[-1] - sv.values_g[j] >= (
+        _SIGNIFICANCE * math.hypot(sv.se[j], sv.se[-1]) + sv.extreme * sv.se[j]
+    )
+    best_step = float(positions[j])
+    i_train = int(np.clip(np.searchsorted(train.steps, best_step), 0, len(train.steps) - 1))
+    train_at_best = train.at(best_step)
+    final_train = float(train.values[-1])
+    train_rose = train.values_g[-1] - train.values_g[i_train] > _SIGNIFICANCE * math.hypot(
+        train.se[i_train], train.se[-1]
+    )
+    if val_rise < rise or not significant or train_rose:
+        return None
+    return Finding(
+        "overfitting",
+        f"the validation loss bottomed at {best:.4g} (step {best_step:.0f}) and ended {_pct(val_rise)} above it, "
+        f"at {final:.4g}, while the training loss went from {train_at_best:.4g} to {final_train:.4g}",
+        _ADVICE["overfitting"],
+        {
+            "best_val": best,
+            "best_val_step": best_step,
+            "final_val": final,
+            "val_rise": val_rise,
+            "train_at_best_val": train_at_best,
+            "final_train": final_train,
+        },
+    )
