@@ -1,7 +1,13 @@
-// MathJax settings for pymdownx.arithmatex's generic output: \( \) inline, \[ \] display.
+// MathJax settings. Docs pages and docstrings go through pymdownx.arithmatex (generic), which writes
+// \( \) and \[ \]; the notebooks' Markdown cells keep Jupyter's $ and $$. Both are typeset; code
+// blocks are skipped (MathJax's default).
 window.MathJax = {
-  tex: {inlineMath: [["\\(", "\\)"]], displayMath: [["\\[", "\\]"]], processEscapes: true, processEnvironments: true},
-  options: {ignoreHtmlClass: ".*|", processHtmlClass: "arithmatex"},
+  tex: {
+    inlineMath: [["\\(", "\\)"], ["$", "$"]],
+    displayMath: [["\\[", "\\]"], ["$$", "$$"]],
+    processEscapes: true,
+    processEnvironments: true,
+  },
 };
 document$.subscribe(() => {
   MathJax.startup.output.clearCache();
