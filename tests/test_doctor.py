@@ -654,6 +654,14 @@ BAD_DIAGNOSES = [
         ValueError,
         "val_every=10 puts the last of the 50 val_history values at training step 490",
     ),
+    ("loss_every 0", (_decay(),), {"loss_every": 0}, ValueError, "loss_every must be an integer >= 1"),
+    (
+        "val_every too far, in training steps",
+        (_decay(40),),
+        {"loss_every": 10, "val_history": np.ones(41), "val_every": 10},
+        ValueError,
+        r"training step 400, beyond the last loss_history value \(step 390\)",
+    ),
     ("smoothing 0", (_decay(),), {"smoothing": 0.0}, ValueError, r"smoothing must be in \(0, 1\]"),
     ("window > 1", (_decay(),), {"window": 1.5}, ValueError, r"window must be in \(0, 1\]"),
     ("min_steps 2", (_decay(),), {"min_steps": 2}, ValueError, "min_steps must be an integer >= 3"),
@@ -809,3 +817,20 @@ def test_real_overparameterised_polynomial_overfits(seed):
     # Without the validation curve nothing says overfitting, and a note says why.
     alone = gc.diagnose(train)
     assert "overfitting" not in alone and any("no val_history" in n for n in alone.notes)
+
+
+@pytest.mark.parametrize("case", sorted(SYNTHETIC))
+def test_loss_every_reports_training_steps_and_changes_nothing_else(case):
+    # The same records logged every 10 steps: the same findings, with every step quoted times 10.
+    history, kwargs = SYNTHETIC[case][0](0)
+    every = dict(kwargs)
+    if every.get("val_every"):
+        every["val_every"] *= 10
+    per_step, per_10 = gc.diagnose(history, **kwargs), gc.diagnose(history, loss_every=10, **every)
+    assert per_10.kinds == per_step.kinds and per_10.steps == 10 * per_step.steps
+    for a, b in zip(per_step.findings, per_10.findings, strict=True):
+        assert a.evidence.keys() == b.evidence.keys()
+        for key, value in a.evidence.items():
+            scaled = 10 * value if key.endswith("_step") or key == "steps" else value
+            assert b.evidence[key] == pytest.approx(scaled), (case, key)
+        assert b.advice == a.advice

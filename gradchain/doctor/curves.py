@@ -68,7 +68,7 @@ class Diagnosis:
             noisy); empty for a healthy curve.
         notes: what was not assessed and why (too short a history, no validation history, the
             other patterns skipped because the loss exploded).
-        steps: the length of the training history read.
+        steps: the training steps the history covers (its length times `loss_every`).
 
     Example:
         ```python
@@ -265,6 +265,7 @@ def _check_threshold(name: str, value: Any, *, upper: float = math.inf, lower: f
 def diagnose(
     loss_history: Any,
     *,
+    loss_every: int = 1,
     val_history: Any = None,
     val_every: int | None = None,
     smoothing: float = 0.1,
@@ -342,7 +343,10 @@ def diagnose(
     what was not assessed, rather than raising, so that a diagnosis called during training does
     not fail in its first steps.
 
-    Validation alignment: `val_history[j]` is placed at training step `j * val_every` (the
+    Steps: `loss_history[i]` is the loss at training step `i * loss_every`, so a history logged
+    every N steps (`loss_every=N`) is read the same as the full one, and every step the report
+    quotes is a training step. Validation alignment: `val_history[j]` is placed at training step
+    `j * val_every` (the
     convention of `if step % val_every == 0: evaluate`); with `val_every=None`, the values are
     equally spaced over the training span, the first at step 0 and the last at the last step (one
     of each per epoch, or an evaluation per epoch next to a loss per step). Non-finite validation
@@ -351,6 +355,7 @@ def diagnose(
     Args:
         loss_history: the training loss, one value per step or epoch (list, numpy or jax array);
             NaN/Inf allowed.
+        loss_every: training steps between the values of `loss_history` (1: one per step).
         val_history: the validation loss, evaluated every `val_every` steps or equally spaced.
         val_every: training steps between validation evaluations, or None (see above).
         smoothing: the running-median window, as a fraction of the history (at least 3 steps).
@@ -371,8 +376,8 @@ def diagnose(
     Raises:
         TypeError: a history that is not a sequence of numbers; a threshold that is not a number.
         ValueError: an empty or non-1-D history (the message names it); a threshold out of range;
-            `val_every` without `val_history`, or placing validation values beyond the training
-            history.
+            `loss_every` or `val_every` not an integer >= 1; `val_every` without `val_history`, or
+            placing validation values beyond the training history.
 
     Example:
         ```python
@@ -399,6 +404,7 @@ def diagnose(
     smoothing = _check_threshold("smoothing", smoothing, upper=1.0)
     window = _check_threshold("window", window, upper=1.0)
     min_steps = check_int("diagnose: min_steps", min_steps, minimum=3)
+    loss_every = check_int("diagnose: loss_every", loss_every, minimum=1)
     explode_factor = _check_threshold("explode_factor", explode_factor, lower=1.0)
     explode_rise = _check_threshold("explode_rise", explode_rise)
     flat_drop = _check_threshold("flat_drop", flat_drop, upper=1.0)
@@ -411,10 +417,10 @@ def diagnose(
             raise ValueError("diagnose: val_every needs val_history")
         val_every = check_int("diagnose: val_every", val_every, minimum=1)
         last = (len(val) - 1) * val_every
-        if last > len(y) - 1:
+        if last > (len(y) - 1) * loss_every:
             raise ValueError(
                 f"diagnose: val_every={val_every} puts the last of the {len(val)} val_history values at "
-                f"training step {last}, beyond the {len(y)} values of loss_history"
+                f"training step {last}, beyond the last loss_history value (step {(len(y) - 1) * loss_every})"
             )
 
     n = len(y)
@@ -422,22 +428,27 @@ def diagnose(
     finite = np.isfinite(y)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        evidence = {"nonfinite_steps": float(len(bad)), "steps": float(n), "first_nonfinite_step": float(bad[0])}
+        first = int(bad[0]) * loss_every
+        evidence = {
+            "nonfinite_steps": float(len(bad)),
+            "steps": float(n * loss_every),
+            "first_nonfinite_step": float(first),
+        }
         before = ""
         if bad[0] > 0:
             evidence["last_finite_loss"] = float(y[bad[0] - 1])
             before = f" (the loss before it: {y[bad[0] - 1]:.4g})"
         finding = Finding(
             "exploding",
-            f"{len(bad)} of {n} losses are NaN or Inf, the first at step {bad[0]}{before}",
+            f"{len(bad)} of {n} losses are NaN or Inf, the first at step {first}{before}",
             _ADVICE["exploding"],
             evidence,
         )
         notes.append("the loss exploded: the other patterns were not assessed (fix this first)")
-        return Diagnosis((finding,), tuple(notes), n)
+        return Diagnosis((finding,), tuple(notes), n * loss_every)
     if n < min_steps:
         notes.append(f"{n} losses are fewer than min_steps={min_steps}: only NaN/Inf was checked")
-        return Diagnosis((), tuple(notes), n)
+        return Diagnosis((), tuple(notes), n * loss_every)
 
     s = _Curve(y, max(1, round(smoothing * n / 2)))
     i_best = int(np.argmin(s.values_g))
@@ -445,27 +456,33 @@ def diagnose(
     start, drop, flat_threshold, flat = _start_level(s, y, i_best, max(1, round(smoothing * n)), flat_drop)
     scale = max(abs(start), start - best) or 1.0
 
-    exploding = _exploding(s, start, explode_factor, explode_rise * scale)
+    exploding = _exploding(s, start, explode_factor, explode_rise * scale, loss_every)
     if exploding is not None:
         notes.append("the loss exploded: the other patterns were not assessed (fix this first)")
-        return Diagnosis((exploding,), tuple(notes), n)
+        return Diagnosis((exploding,), tuple(notes), n * loss_every)
 
     findings: list[Finding] = []
     if flat:
         findings.append(
             Finding(
                 "flat",
-                f"over {n} steps the loss fell by only {_pct(drop)} of its start level "
+                f"over {n * loss_every} steps the loss fell by only {_pct(drop)} of its start level "
                 f"(from {start:.4g} to at best {best:.4g}; threshold {_pct(flat_threshold)})",
                 _ADVICE["flat"],
-                {"steps": float(n), "start": start, "best": best, "drop": drop, "threshold": flat_threshold},
+                {
+                    "steps": float(n * loss_every),
+                    "start": start,
+                    "best": best,
+                    "drop": drop,
+                    "threshold": flat_threshold,
+                },
             )
         )
 
     if val is None:
         notes.append("no val_history: overfitting not assessed")
     else:
-        overfit = _overfitting(val, val_every, n, s, overfit_rise, notes)
+        overfit = _overfitting(val, val_every, loss_every, n, s, overfit_rise, notes)
         if overfit is not None:
             findings.append(overfit)
 
@@ -478,7 +495,7 @@ def diagnose(
     floor = max(abs(level), 1e-3 * abs(start), np.finfo(np.float64).tiny)
     relative = tail_sigma / floor
     if not flat:
-        stall = _stall(y, s, t0, start - best, plateau_gain, tail_sigma, window)
+        stall = _stall(y, s, t0, start - best, plateau_gain, tail_sigma, window, loss_every)
         smooth = relative < _SMOOTH or bool(np.all(np.diff(tail) <= _SMOOTH * floor))  # no noise, or never rising
         if stall is not None and smooth and stall.evidence["gain"] > -plateau_gain:
             ev = stall.evidence
@@ -501,7 +518,7 @@ def diagnose(
         )
 
     findings.sort(key=lambda f: _KINDS.index(f.kind))
-    return Diagnosis(tuple(findings), tuple(notes), n)
+    return Diagnosis(tuple(findings), tuple(notes), n * loss_every)
 
 
 def _start_level(s: _Curve, y: np.ndarray, i_best: int, k: int, flat_drop: float) -> tuple[float, float, float, bool]:
@@ -544,7 +561,7 @@ def _start_level(s: _Curve, y: np.ndarray, i_best: int, k: int, flat_drop: float
     return chosen
 
 
-def _exploding(s: _Curve, start: float, factor: float, min_rise: float) -> Finding | None:
+def _exploding(s: _Curve, start: float, factor: float, min_rise: float, every: int) -> Finding | None:
     v, vg = s.values, s.values_g
     index = np.arange(len(v))
     best_g = np.minimum.accumulate(vg)
@@ -562,19 +579,20 @@ def _exploding(s: _Curve, start: float, factor: float, min_rise: float) -> Findi
     i_best = int(i_best_before[first])
     i_peak = first + int(np.argmax(v[first:]))
     best, peak = float(v[i_best]), float(v[i_peak])
+    best_step, peak_step = int(s.steps[i_best]) * every, int(s.steps[i_peak]) * every
     ratio = peak / best if best > 0 else math.inf
     times = f", {ratio:.3g}x" if math.isfinite(ratio) else ""
     return Finding(
         "exploding",
-        f"the smoothed loss rose from its best {best:.4g} (step {s.steps[i_best]}) to {peak:.4g} "
-        f"(step {s.steps[i_peak]}){times}; it started at about {start:.4g}",
+        f"the smoothed loss rose from its best {best:.4g} (step {best_step}) to {peak:.4g} "
+        f"(step {peak_step}){times}; it started at about {start:.4g}",
         _ADVICE["exploding"],
         {
             "start": start,
             "best": best,
-            "best_step": float(s.steps[i_best]),
+            "best_step": float(best_step),
             "peak": peak,
-            "peak_step": float(s.steps[i_peak]),
+            "peak_step": float(peak_step),
             "factor": ratio,
         },
     )
@@ -588,6 +606,7 @@ def _stall(
     gain_threshold: float,
     tail_sigma: float,
     window: float,
+    every: int,
 ) -> Finding | None:
     n = len(y)
     third = max(1, (n - t0) // 3)
@@ -603,15 +622,15 @@ def _stall(
     future_best = np.interp(np.arange(n), s.steps, np.minimum.accumulate(s.values[::-1])[::-1])
     near = _Curve(y, 1)
     slack = max(threshold * total, _SIGNIFICANCE * _MEDIAN_SE * tail_sigma / math.sqrt(3))
-    since = min(int(near.steps[int(np.argmax(near.values - future_best[near.steps] <= slack))]), t0)
+    since = min(int(near.steps[int(np.argmax(near.values - future_best[near.steps] <= slack))]), t0) * every
     summary = (
-        f"over the last {_pct(window)} of the steps (from step {t0}) the loss improved by {_pct(gain)} of its "
+        f"over the last {_pct(window)} of the steps (from step {t0 * every}) the loss improved by {_pct(gain)} of its "
         f"total improvement {total:.4g} (threshold {_pct(threshold)}); no real improvement since step ~{since}, "
         f"the loss is now about {level:.4g}"
     )
     evidence = {
         "window": window,
-        "window_start_step": float(t0),
+        "window_start_step": float(t0 * every),
         "gain": gain,
         "threshold": threshold,
         "level": level,
@@ -624,14 +643,15 @@ def _stall(
 def _overfitting(
     val: np.ndarray,
     val_every: int | None,
+    loss_every: int,
     n: int,
     train: _Curve,
     rise: float,
     notes: list[str],
 ) -> Finding | None:
     m = len(val)
-    if val_every is not None:
-        positions = np.arange(m, dtype=np.float64) * val_every
+    if val_every is not None:  # positions in loss_history entries; reported in training steps
+        positions = np.arange(m, dtype=np.float64) * val_every / loss_every
     else:
         positions = np.linspace(0, n - 1, m) if m > 1 else np.zeros(1)
     keep = np.isfinite(val)
@@ -650,9 +670,10 @@ def _overfitting(
     significant = sv.values_g[-1] - sv.values_g[j] >= (
         _SIGNIFICANCE * math.hypot(sv.se[j], sv.se[-1]) + sv.extreme * sv.se[j]
     )
-    best_step = float(positions[j])
-    i_train = int(np.clip(np.searchsorted(train.steps, best_step), 0, len(train.steps) - 1))
-    train_at_best = train.at(best_step)
+    best_at = float(positions[j])
+    best_step = best_at * loss_every
+    i_train = int(np.clip(np.searchsorted(train.steps, best_at), 0, len(train.steps) - 1))
+    train_at_best = train.at(best_at)
     final_train = float(train.values[-1])
     train_rose = train.values_g[-1] - train.values_g[i_train] > _SIGNIFICANCE * math.hypot(
         train.se[i_train], train.se[-1]
