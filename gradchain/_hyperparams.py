@@ -316,8 +316,8 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
             known = ", ".join(repr(e.key) for e in entries) or "none"
             raise KeyError(f"set_hyperparams: no hyperparameter {key!r} in this state; known: {known}")
         if len(matches) > 1:
-            options = ", ".join(repr(e.full) for e in matches)
-            raise ValueError(f"set_hyperparams: {key!r} is ambiguous; it matches {options}")
+            options = ", ".join(repr(e.key) for e in matches)  # the keys `hyperparams` shows
+            raise ValueError(f"set_hyperparams: {key!r} is ambiguous; it matches {options}: give one of those keys")
         entry = matches[0]
         targets.setdefault(entry.node, {})[entry.name] = (entry.key, value)
 

@@ -379,12 +379,16 @@ def test_unknown_key_raises_key_error_listing_known_keys():
 
 
 def test_ambiguous_key_raises_value_error_listing_candidates():
+    # The candidates are the keys `hyperparams` shows, and each of them works.
     state = gc.chain(gc.scale_by_adam(), gc.scale_by_rms()).init(make_params())
-    with pytest.raises(ValueError, match=r"'eps' is ambiguous.*'0/eps', '1/eps'"):
+    with pytest.raises(ValueError, match=r"'eps' is ambiguous.*'scale_by_adam/eps', 'scale_by_rms/eps'"):
         gc.set_hyperparams(state, eps=0.1)
     state = gc.rmsprop(0.1, momentum=0.9).init(make_params())
-    with pytest.raises(ValueError, match=r"'decay' is ambiguous.*'0/decay', '1/decay'"):
+    with pytest.raises(ValueError, match=r"'decay' is ambiguous.*'scale_by_rms/decay', 'trace/decay'"):
         gc.set_hyperparams(state, decay=0.5)
+    assert {"scale_by_rms/decay", "trace/decay"} <= set(gc.hyperparams(state))
+    state = gc.set_hyperparams(state, {"trace/decay": 0.5})
+    assert gc.hyperparams(state)["trace/decay"] == 0.5
 
 
 @pytest.mark.parametrize(
