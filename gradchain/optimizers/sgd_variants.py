@@ -123,7 +123,9 @@ def rprop(
 
     ($\\tilde g_t = 0$ after a sign change; see `scale_by_rprop`). Recipe:
     `scale_by_rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size)` →
-    `scale(-1.0)`, as `optax.rprop` (same arguments and defaults). `torch.optim.Rprop(lr,
+    `scale(-1.0)`, as `optax.rprop` (same arguments and defaults; but optax applies each move one
+    step late, its first update being 0, and leaves the first step unclipped: gradchain follows
+    PyTorch, see `scale_by_rprop`). `torch.optim.Rprop(lr,
     etas=(eta_minus, eta_plus), step_sizes=(min_step_size, max_step_size))` is `rprop(lr, eta_minus,
     eta_plus, min_step_size, max_step_size)`; PyTorch's default lr is 0.01. Rprop is a full-batch
     method: noisy minibatch gradients flip signs at random and shrink the steps to the minimum.

@@ -140,11 +140,12 @@ def scale_by_rprop(
     with `scale(-1.0)` (see `gradchain.optimizers.sgd_variants.rprop`).
 
     The state keeps only the sign of $\\tilde g$ (int8, 1 byte per parameter; PyTorch keeps the
-    gradient and optax the last update) and compares signs, not the product $g_t \\tilde g_{t-1}$,
-    which underflows to 0 in float32 below $|g| \\approx 10^{-23}$. The step size is clipped at every
-    step, the first included, as in PyTorch; optax leaves it unclipped while $s_t = 0$, so the two
-    differ only when `learning_rate` lies outside $[\\Delta_{\\min}, \\Delta_{\\max}]$. Complex
-    params raise TypeError (the sign of a complex number is ambiguous).
+    gradient and optax the last update, which it returns one step late: its first update is 0) and
+    compares signs, not the product $g_t \\tilde g_{t-1}$, which underflows to 0 in float32 below
+    $|g| \\approx 10^{-23}$. The step size is clipped at every step, the first included, as in
+    PyTorch; optax leaves it unclipped while $s_t = 0$, so the two differ only when `learning_rate`
+    lies outside $[\\Delta_{\\min}, \\Delta_{\\max}]$. Complex params raise TypeError (the sign of a
+    complex number is ambiguous).
 
     Args:
         learning_rate: the initial step size $\\Delta_0 > 0$ (a number, static: it only fills the
