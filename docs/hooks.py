@@ -17,8 +17,9 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PLACEHOLDER = "<!-- claims table -->"
-# `<!-- results docs/results/NAME.json -->` in a page becomes that run's report, as the benchmark wrote it.
-RESULTS = re.compile(r"<!-- results (\S+\.json) -->")
+# `<!-- results docs/results/NAME.json -->` in a page becomes that run's report, as the benchmark wrote it;
+# `<!-- results docs/results/NAME.json TREE OPTIMIZER -->` one tree and optimizer of it, variant by variant.
+RESULTS = re.compile(r"<!-- results (\S+\.json)(?: (\w+) (\w+))? -->")
 
 
 def _executor():
@@ -80,9 +81,51 @@ def _results(match: re.Match) -> str:
     from benchmarks import _report, compile_curve
 
     report = json.loads((ROOT / match.group(1)).read_text())
+    if match.group(2):
+        return _focus(report, match.group(2), match.group(3))
     render = compile_curve.markdown if "memory_limit_gib" in report else _report.markdown
     text = render(report)
     return re.sub(r"^(#+) ", lambda m: "#" * min(len(m.group(1)) + 4, 6) + " ", text, flags=re.MULTILINE)
+
+
+def _focus(report: dict, tree: str, optimizer: str) -> str:
+    """One tree and optimizer of a benchmark run: each variant's step and compile time, as ratios to optax
+    and to torch's fused step."""
+    rows = [r for r in report["results"] if r["tree"] == tree and r["optimizer"] == optimizer and r["median_ms"]]
+    if not rows:
+        raise ValueError(f"hooks: no {tree}/{optimizer} results in the benchmark report")
+
+    def find(library: str, variant: str) -> dict | None:
+        return next((r for r in rows if r["library"] == library and r["variant"] == variant), None)
+
+    optax, fused = find("optax", "default"), find("torch", "fused")
+
+    def ratio(x: float | None, ref: float | None) -> str:
+        if x is None or ref is None:
+            return "—"
+        r = x / ref
+        return f"{r:.2f}×" + (f" ({1 / r:.3g}× faster)" if r < 0.5 else "")
+
+    lines = [
+        "| variant | step ms | compile s | vs optax step | vs torch fused | vs optax compile |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["library"] != "optax", r["library"] != "torch", -r["median_ms"])):
+        if row["library"] == "torch" and row["variant"] != "fused":
+            continue
+        name = (
+            row["library"]
+            if row["variant"] == "default" and row["library"] == "optax"
+            else (f"{row['library']} {row['variant']}")
+        )
+        compile_s = row.get("compile_s")
+        lines.append(
+            f"| {name} | {row['median_ms']:.3g} | {'—' if compile_s is None else f'{compile_s:.3g}'} "
+            f"| {ratio(row['median_ms'], optax and optax['median_ms'])} "
+            f"| {ratio(row['median_ms'], fused and fused['median_ms'])} "
+            f"| {ratio(compile_s, optax and optax.get('compile_s'))} |"
+        )
+    return "\n".join(lines)
 
 
 def on_page_markdown(markdown, page, config, files, **kwargs):
