@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from reference import assert_stacked_close, assert_trajectory_close, grad_sequence, stored
+from reference import assert_stacked_close, assert_trajectory_close, grad_sequence, scan_trajectories, stored
 
 import gradchain as gc
 from gradchain.optimizers.layerwise import fromage, lamb, lars, sm3
@@ -118,19 +118,8 @@ def _drop_s(tree: dict) -> dict:
 
 def run_optimizers(txs: list[Any], p0: dict, grads: list[dict]) -> list[dict]:
     """Param trajectories (leading step axis) of several optimizers from p0, in one jitted scan."""
-
-    def body(carry, g):
-        new = []
-        for tx, (p, s) in zip(txs, carry, strict=True):
-            u, s = tx.update(g, s, p)
-            new.append((optax.apply_updates(p, u), s))
-        return new, [p for p, _ in new]
-
-    @jax.jit
-    def go(p, gs):
-        return jax.lax.scan(body, [(p, tx.init(p)) for tx in txs], gs)[1]
-
-    return jax.device_get(go(jax.tree.map(jnp.asarray, p0), stack(grads)))
+    runs = scan_trajectories(txs, jax.tree.map(jnp.asarray, p0), stack(grads))
+    return jax.device_get([trajectory for trajectory, _ in runs])
 
 
 def sq(x: np.ndarray) -> np.ndarray:

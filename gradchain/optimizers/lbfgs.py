@@ -21,6 +21,8 @@ from gradchain._checks import check_int
 from gradchain._lift import check_leaf_dtypes, saturating_increment
 from gradchain.optimizers.classic import _recipe
 from gradchain.transforms.linesearch import (
+    _scalar_dtype,
+    _vdot,
     find_linesearch_state,
     scale_by_zoom_linesearch,
     value_and_grad_from_state,
@@ -46,17 +48,6 @@ class ScaleByLbfgsState(NamedTuple):
     diff_params_memory: Updates
     diff_updates_memory: Updates
     weights_memory: jax.Array
-
-
-def _scalar_dtype(params: Params) -> jnp.dtype:
-    return jnp.result_type(jnp.float32, *(jnp.dtype(x.dtype) for x in jax.tree.leaves(params)))
-
-
-def _vdot(a: Any, b: Any, dtype: jnp.dtype) -> jax.Array:
-    terms = [
-        jnp.vdot(x.astype(dtype), y.astype(dtype)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    ]
-    return sum(terms[1:], terms[0]) if terms else jnp.zeros((), dtype)
 
 
 def _axpy(alpha: jax.Array, x: Updates, y: Updates) -> Updates:
