@@ -24,8 +24,12 @@ PAGES = {
         "Core",
         "The protocol, chains, hyperparameters held in the state, and packed execution.",
         [
-            ("gradchain._base", "Transformations and chains"),
+            ("gradchain._base", "Transformations"),
+            ("gradchain._combine", "Chains"),
             ("gradchain._hyperparams", "Hyperparameters"),
+            ("gradchain._lift", "Writing element-wise ingredients"),
+            ("gradchain._checks", "Checks"),
+            ("gradchain._numerics", "Numerics"),
             ("gradchain._packing", "Packed execution"),
         ],
     ),
@@ -66,6 +70,7 @@ PAGES = {
         "scaling, averaging, plateau detection and monitoring.",
         [
             ("gradchain.wrappers.partition", "Parameter groups"),
+            ("gradchain._masking", "Masks and labels by path"),
             ("gradchain.wrappers.accumulate", "Gradient accumulation"),
             ("gradchain.wrappers.safety", "Bad steps"),
             ("gradchain.wrappers.loss_scaling", "Loss scaling"),

@@ -14,12 +14,16 @@ from gradchain._base import (
     Params,
     Updates,
     apply_updates,
-    chain,
     identity,
-    named_chain,
     stateless,
+    with_extra_args_support,
 )
-from gradchain._hyperparams import Hyperparams, hyperparams, set_hyperparams
+from gradchain._checks import Check
+from gradchain._combine import chain, named_chain
+from gradchain._hyperparams import Hyperparams, HyperparamSpec, hyperparams, set_hyperparams
+from gradchain._lift import Slot, elementwise
+from gradchain._masking import labels_by_path, mask_by_path
+from gradchain._numerics import safe_increment
 from gradchain._packing import Packed, pack, unpack
 from gradchain.doctor import Diagnosis, Finding, LRRangeResult, diagnose, lr_range_test
 from gradchain.interop import from_optax, to_optax
@@ -145,8 +149,6 @@ from gradchain.wrappers.partition import (
     MaskedState,
     PartitionState,
     freeze,
-    labels_by_path,
-    mask_by_path,
     masked,
     partition,
     reset_group,
@@ -173,6 +175,13 @@ __all__ = [
     "named_chain",
     "identity",
     "stateless",
+    "with_extra_args_support",
+    "safe_increment",
+    # writing ingredients
+    "elementwise",
+    "Slot",
+    "HyperparamSpec",
+    "Check",
     "apply_updates",
     "Packed",
     "pack",

@@ -1,37 +1,64 @@
-"""Validation of hyperparameters at build time.
+"""Validation at the boundary: hyperparameters when a transformation is built, leaves when it first runs.
 
-Every check takes the argument's name so the error says which argument was wrong and what came.
-Traced values (inside `jit`) and schedules cannot be checked here and pass through; their values
-are the user's responsibility at trace time.
+Every check takes the argument's name (or the owner and the leaf path) so the error says which
+argument was wrong and what came. Traced values (inside `jit`) and schedules cannot be checked at
+build time and pass through; their values are the user's responsibility at trace time.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
-# Named checks, so that a hyperparameter's check can be recorded (as a string, which is static and
-# hashable) next to its value in the state and re-applied by `set_hyperparams`.
-CHECKS: dict[str, Callable[[float], bool]] = {
-    "any": lambda x: True,
-    "finite": lambda x: math.isfinite(x),
-    "nonnegative": lambda x: math.isfinite(x) and x >= 0,
-    "positive": lambda x: math.isfinite(x) and x > 0,
-    "unit_interval": lambda x: 0 <= x < 1,  # betas and decay rates: [0, 1)
-    "closed_unit_interval": lambda x: 0 <= x <= 1,  # fractions, dampening, alphas: [0, 1]
+from gradchain import tree as tree_util
+
+
+class Check(enum.StrEnum):
+    """The named checks a hyperparameter can carry.
+
+    A string enum, so that the check recorded next to a value in the state is static, hashable and
+    readable, and `set_hyperparams` re-applies the same check to a new value.
+
+    Example:
+        ```python
+        import gradchain as gc
+
+        spec = gc.HyperparamSpec("my_ingredient", eps=(1e-8, gc.Check.NONNEGATIVE))
+        assert gc.Check.NONNEGATIVE == "nonnegative"
+        ```
+    """
+
+    ANY = "any"
+    FINITE = "finite"
+    NONNEGATIVE = "nonnegative"
+    POSITIVE = "positive"
+    UNIT_INTERVAL = "unit_interval"  # betas and decay rates: [0, 1)
+    CLOSED_UNIT_INTERVAL = "closed_unit_interval"  # fractions, dampening, alphas: [0, 1]
+
+
+CHECKS: dict[Check, Callable[[float], bool]] = {
+    Check.ANY: lambda x: True,
+    Check.FINITE: lambda x: math.isfinite(x),
+    Check.NONNEGATIVE: lambda x: math.isfinite(x) and x >= 0,
+    Check.POSITIVE: lambda x: math.isfinite(x) and x > 0,
+    Check.UNIT_INTERVAL: lambda x: 0 <= x < 1,
+    Check.CLOSED_UNIT_INTERVAL: lambda x: 0 <= x <= 1,
 }
 
-DESCRIPTIONS: dict[str, str] = {
-    "any": "a number",
-    "finite": "a finite number",
-    "nonnegative": "a finite number >= 0",
-    "positive": "a finite number > 0",
-    "unit_interval": "a number in [0, 1)",
-    "closed_unit_interval": "a number in [0, 1]",
+DESCRIPTIONS: dict[Check, str] = {
+    Check.ANY: "a number",
+    Check.FINITE: "a finite number",
+    Check.NONNEGATIVE: "a finite number >= 0",
+    Check.POSITIVE: "a finite number > 0",
+    Check.UNIT_INTERVAL: "a number in [0, 1)",
+    Check.CLOSED_UNIT_INTERVAL: "a number in [0, 1]",
 }
 
 
@@ -49,7 +76,7 @@ def concrete_float(value: Any) -> float | None:
     return None
 
 
-def check(name: str, value: Any, kind: str) -> None:
+def check(name: str, value: Any, kind: Check) -> None:
     """Raise ValueError naming `name` unless `value` satisfies the named check `kind`.
 
     Schedules (callables) and traced values are not checked. A non-scalar array raises TypeError:
@@ -73,6 +100,7 @@ def check(name: str, value: Any, kind: str) -> None:
     x = concrete_float(value)
     if x is None:
         return
+    kind = Check(kind)
     if not CHECKS[kind](x):
         raise ValueError(f"{name} must be {DESCRIPTIONS[kind]}, got {value!r}")
 
@@ -84,3 +112,36 @@ def check_int(name: str, value: Any, *, minimum: int = 0) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_transformation(where: str, tx: Any) -> None:
+    """Raise TypeError naming `where` unless `tx` has callable `init` and `update` (any optax-protocol object)."""
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        raise TypeError(f"{where} must be a GradientTransformation (with init and update), got {tx!r}")
+
+
+def check_leaf_dtypes(owner: str, what: str, tree: Any, *, complex_ok: bool) -> None:
+    """Raise TypeError naming the leaf path for integer/boolean leaves, or complex ones if unsupported."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = jnp.dtype(getattr(leaf, "dtype", None) or jnp.result_type(leaf))
+        where = tree_util.path_str(path)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{owner}: {what} leaf {where} has dtype {dtype}; optimizers need floating-point "
+                "(or complex) arrays. Keep integer or boolean leaves out of the optimized tree, or mask them."
+            )
+        if not complex_ok and jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(f"{owner}: {what} leaf {where} is {dtype}; {owner} does not support complex values")
+
+
+def check_state_dtype(owner: str, name: str, dtype: DTypeLike | None) -> DTypeLike | None:
+    """Validate a user-given storage dtype such as `mu_dtype` (a floating dtype or None)."""
+    if dtype is None:
+        return None
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"{owner}: {name} must be a floating dtype or None, got {dtype!r}") from e
+    if not jnp.issubdtype(resolved, jnp.inexact):
+        raise TypeError(f"{owner}: {name} must be a floating dtype or None, got {resolved}")
+    return dtype

@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from gradchain import _checks
+from gradchain import tree as tree_util
+from gradchain._checks import Check
+from gradchain._numerics import float_dtype
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -87,7 +90,7 @@ class Hyperparams(Mapping[str, jax.Array]):
         return self._owner
 
     def check_kind(self, name: str) -> str:
-        return self._checks.get(name, "any")
+        return self._checks.get(name, Check.ANY)
 
     def replace(self, **values: Any) -> Hyperparams:
         """A copy with some values replaced (no checks; see `set_hyperparams` for the checked way)."""
@@ -105,11 +108,6 @@ class Hyperparams(Mapping[str, jax.Array]):
         return cls(dict(zip(keys, children, strict=True)), dict(checks), scheduled, owner)
 
 
-def float_dtype() -> jnp.dtype:
-    """The default float dtype: float32, or float64 when x64 is enabled."""
-    return jnp.zeros((), dtype=float).dtype
-
-
 class HyperparamSpec:
     """The hyperparameters of one transformation, as given when it was built.
 
@@ -117,6 +115,24 @@ class HyperparamSpec:
     (static; its value at the current step is stored in the state). Numbers are checked here, when
     the transformation is built, so the error points at the user's call. A transformation whose state
     keeps no step count passes `allow_schedules=False`, so a schedule is rejected rather than frozen.
+
+    Args:
+        owner: the public name of the transformation, used in error messages and `hyperparams` keys.
+        allow_schedules: whether entries may be schedules.
+        **entries: `name=(value, check)` with `check` a `Check` (the same check `set_hyperparams`
+            applies to a new value later).
+
+    Example:
+        ```python
+        import gradchain as gc
+
+        spec = gc.HyperparamSpec("my_ingredient", decay=(0.9, gc.Check.UNIT_INTERVAL))
+        assert spec.init()["decay"] == 0.9
+        try:
+            gc.HyperparamSpec("my_ingredient", decay=(1.5, gc.Check.UNIT_INTERVAL))
+        except ValueError as e:
+            assert "my_ingredient: decay must be a number in [0, 1)" in str(e)
+        ```
     """
 
     def __init__(self, owner: str, *, allow_schedules: bool = True, **entries: tuple[Any, str]):
@@ -153,22 +169,6 @@ def _is_hyperparams(x: Any) -> bool:
     return isinstance(x, Hyperparams)
 
 
-def _path_str(path: tuple) -> str:
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        elif isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(key.name)
-        elif isinstance(key, jax.tree_util.FlattenedIndexKey):
-            parts.append(str(key.key))
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
-
-
 def _nodes(state: Any) -> list[tuple[tuple, Hyperparams]]:
     """(path, node) for every Hyperparams node in `state`, the path ending at the node's container."""
     flat, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_hyperparams)
@@ -197,7 +197,7 @@ def _entries(state: Any) -> list[_Entry]:
     """
     raw = []
     for i, (path, node) in enumerate(_nodes(state)):
-        prefix = _path_str(path)
+        prefix = "/".join(tree_util.path_parts(path))
         names_on_path = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
         for name in node:
             full = f"{prefix}/{name}" if prefix else name
@@ -238,7 +238,9 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
         state: any optimizer state, or a pytree containing optimizer states.
 
     Returns:
-        A flat `dict` of scalar arrays, in the order the transformations appear in the state.
+        A flat `dict` of scalar arrays, in the order the transformations appear in the state. A
+        state wrapped by a framework (flax NNX's `nnx.Optimizer` keeps each leaf in a `Variable`)
+        still gives plain arrays, so `f"{hyperparams(opt.opt_state)['learning_rate']:.1e}"` works.
 
     Example:
         ```python
@@ -255,7 +257,15 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
         ```
     """
     nodes = _nodes(state)
-    return {e.key: nodes[e.node][1][e.name] for e in _entries(state)}
+    return {e.key: _plain(nodes[e.node][1][e.name]) for e in _entries(state)}
+
+
+def _plain(value: Any) -> Any:
+    """The array inside a framework's wrapper: flax NNX keeps each state leaf in a `Variable`."""
+    if isinstance(value, jax.Array) or not hasattr(value, "value"):
+        return value
+    leaves = jax.tree.leaves(value)
+    return leaves[0] if len(leaves) == 1 else value
 
 
 def _like(value: Any, old: jax.Array) -> jax.Array:

@@ -1,9 +1,44 @@
-"""Small numerical helpers shared by the per-array rules."""
+"""Small numerical helpers shared by the rules and wrappers: dtypes, step counters, bias corrections."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+
+INT32_MAX = jnp.iinfo(jnp.int32).max
+
+
+def float_dtype() -> jnp.dtype:
+    """The default float dtype: float32, or float64 when x64 is enabled."""
+    return jnp.zeros((), dtype=float).dtype
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+    """The dtype a rule runs in for a leaf of `dtype`: at least float32, complex kept complex."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def real_dtype(dtype: Any) -> jnp.dtype:
+    """The real dtype of `dtype` (float32 for complex64, float64 for complex128, itself if real)."""
+    return jnp.finfo(dtype).dtype
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """`count + 1`, stopping at the int32 maximum so that a long run never wraps to a negative step.
+
+    The name is optax's (`optax.safe_increment`); every step counter in gradchain goes through it.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        assert gc.safe_increment(jnp.int32(2**31 - 1)) == 2**31 - 1
+        ```
+    """
+    return jnp.where(count < INT32_MAX, count + 1, INT32_MAX).astype(count.dtype)
 
 
 def one_minus_pow(decay: jax.Array, t: jax.Array) -> jax.Array:

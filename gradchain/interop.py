@@ -19,7 +19,8 @@ from typing import Any
 
 import jax
 
-from gradchain._base import GradientTransformation, _accepts_extra_args, _call_update, _check_transform
+from gradchain._base import GradientTransformation, with_extra_args_support
+from gradchain._checks import check_transformation
 from gradchain._hyperparams import Hyperparams
 
 __all__ = ["from_optax", "to_optax"]
@@ -101,16 +102,17 @@ def from_optax(tx: Any) -> GradientTransformation:
         assert gc.hyperparams(state)["learning_rate"] == 0.5
         ```
     """
-    _check_transform("from_optax: tx", tx)
+    check_transformation("from_optax: tx", tx)
     if isinstance(tx, GradientTransformation):
         return tx
     types = _inject_state_types()
+    inner = with_extra_args_support(tx)
 
     def init(params):
-        return _expose_hyperparams(tx.init(params), types)
+        return _expose_hyperparams(inner.init(params), types)
 
     def update(updates, state, params=None, **extra_args):
-        updates, state = _call_update(tx, updates, state, params, extra_args)
+        updates, state = inner.update(updates, state, params, **extra_args)
         return updates, _expose_hyperparams(state, types)
 
     return GradientTransformation(init, update)
@@ -153,16 +155,11 @@ def to_optax(tx: Any) -> Any:
         import optax
     except ImportError as error:
         raise ImportError("to_optax needs optax, which gradchain does not install: pip install optax") from error
-    _check_transform("to_optax: tx", tx)
+    check_transformation("to_optax: tx", tx)
     if isinstance(tx, optax.GradientTransformationExtraArgs):
         return tx
     if isinstance(tx, optax.GradientTransformation):
         return optax.with_extra_args_support(tx)
-    if _accepts_extra_args(tx.update):
-        # The update function itself is kept, so packed-execution marks on it survive.
-        return optax.GradientTransformationExtraArgs(tx.init, tx.update)
-
-    def update(updates, state, params=None, **extra_args):
-        return _call_update(tx, updates, state, params, extra_args)
-
-    return optax.GradientTransformationExtraArgs(tx.init, update)
+    # A gradchain update (which takes **extra_args) is kept itself, so packed-execution marks on it survive.
+    adapted = with_extra_args_support(tx)
+    return optax.GradientTransformationExtraArgs(adapted.init, adapted.update)

@@ -14,6 +14,7 @@ PyTree = Any
 __all__ = [
     "abs_sq",
     "cast",
+    "path_parts",
     "path_str",
     "place_like",
     "replicated_sharding",
@@ -31,8 +32,40 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
+def path_parts(path: Sequence[Any]) -> tuple[str, ...]:
+    """The keys of a jax key path as strings: dict keys, attribute names and sequence indices.
+
+    Example:
+        ```python
+        import jax
+        import jax.numpy as jnp
+        from gradchain import tree
+
+        (path, _), = jax.tree_util.tree_flatten_with_path({"layer": [jnp.ones(1)]})[0]
+        assert tree.path_parts(path) == ("layer", "0")
+        ```
+    """
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            parts.append(key.name)
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(str(key.idx))
+        elif isinstance(key, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(key.key))
+        else:
+            parts.append(str(key))
+    return tuple(parts)
+
+
 def path_str(path: Sequence[Any]) -> str:
-    """A readable leaf path such as `['layer']['w']`, or `<root>` for a bare array.
+    """A leaf path as gradchain writes it everywhere: keys joined by `/` (`layer/w`), `<root>` for a bare array.
+
+    This one spelling is used in every error message, in `hyperparams` keys and in the path
+    patterns of `labels_by_path` / `mask_by_path`, so a path copied from an error can be pasted
+    into a pattern.
 
     Example:
         ```python
@@ -41,21 +74,21 @@ def path_str(path: Sequence[Any]) -> str:
         from gradchain import tree
 
         (path, _), = jax.tree_util.tree_flatten_with_path({"layer": {"w": jnp.ones(1)}})[0]
-        assert tree.path_str(path) == "['layer']['w']"
+        assert tree.path_str(path) == "layer/w"
         ```
     """
-    return jax.tree_util.keystr(tuple(path)) or "<root>"
+    return "/".join(path_parts(path)) or "<root>"
 
 
 def leaf_paths(tree: PyTree) -> list[str]:
-    """The readable path of every leaf of `tree`, in flattening order.
+    """The path of every leaf of `tree` (as `path_str` writes it), in flattening order.
 
     Example:
         ```python
         import jax.numpy as jnp
         from gradchain import tree
 
-        assert tree.leaf_paths({"a": jnp.ones(2), "b": [jnp.ones(1)]}) == ["['a']", "['b'][0]"]
+        assert tree.leaf_paths({"a": jnp.ones(2), "b": [jnp.ones(1)]}) == ["a", "b/0"]
         ```
     """
     return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
@@ -299,7 +332,7 @@ def check_same_structure(expected: PyTree, actual: PyTree, *, expected_name: str
             tree.check_same_structure({"w": jnp.ones(2)}, {"w": jnp.ones(3)},
                                       expected_name="params", actual_name="grads", where="demo")
         except ValueError as e:
-            assert "['w']" in str(e)
+            assert "leaf w " in str(e)
         ```
     """
     exp = jax.tree_util.tree_flatten_with_path(expected, is_leaf=_is_none)[0]

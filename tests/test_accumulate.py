@@ -10,8 +10,7 @@ import pytest
 from reference import assert_trajectory_close, assert_trees_close, assert_trees_equal, grad_sequence
 
 import gradchain as gc
-from gradchain.wrappers.accumulate import MultiStepsState, has_updated, multi_steps
-from gradchain.wrappers.safety import apply_if_finite, skip_on_spike
+from gradchain import MultiStepsState, apply_if_finite, has_updated, multi_steps, skip_on_spike
 
 SHAPES = {"w": (3, 5), "b": (5,), "layers": [(2, 2, 3), (1,)]}
 
@@ -368,9 +367,9 @@ def test_bad_inner_and_bad_trees():
         multi_steps(lambda g: g, 2)
     tx = multi_steps(gc.sgd(0.1), 2)
     state = tx.init({"w": jnp.ones(2), "b": jnp.ones(3)})
-    with pytest.raises(ValueError, match=r"\['b'\]"):
+    with pytest.raises(ValueError, match=r"leaf b\b"):
         tx.update({"w": jnp.ones(2), "b": jnp.ones(4)}, state)
-    with pytest.raises(ValueError, match=r"\['c'\]"):
+    with pytest.raises(ValueError, match=r"leaf c\b"):
         tx.update({"w": jnp.ones(2), "b": jnp.ones(3), "c": jnp.ones(1)}, state)
     with pytest.raises(ValueError, match="MultiStepsState"):
         has_updated(gc.sgd(0.1).init({"w": jnp.ones(2)}))

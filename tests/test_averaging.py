@@ -39,16 +39,7 @@ from reference import (
 )
 
 import gradchain as gc
-from gradchain.wrappers.averaging import (
-    LookaheadState,
-    ParamEmaState,
-    SwaState,
-    averaged_params,
-    ema_params,
-    lookahead,
-    slow_params,
-    swa,
-)
+from gradchain import LookaheadState, ParamEmaState, SwaState, averaged_params, ema_params, lookahead, slow_params, swa
 
 PyTree = Any
 N = 120
@@ -662,7 +653,7 @@ def test_mismatched_updates_name_the_leaf(name):
     tx = WRAPPERS[name](gc.identity())
     params = {"w": jnp.ones(3), "b": jnp.ones(2)}
     state = tx.init(params)
-    with pytest.raises(ValueError, match=r"\['b'\]"):
+    with pytest.raises(ValueError, match=r"leaf b\b"):
         tx.update({"w": jnp.ones(3), "b": jnp.ones(4)}, state, params)
 
 

@@ -546,7 +546,7 @@ def test_apply_updates_under_jit_equals_eager():
 
 def test_apply_updates_structure_mismatch_raises():
     # jax's own message names the key today; gradchain's check_same_structure would say ['b'].
-    with pytest.raises(ValueError, match=r"\['b'\]|key sets is\s+b\b"):
+    with pytest.raises(ValueError, match=r"leaf b\b|key sets is\s+b\b"):
         gc.apply_updates({"a": jnp.ones(2), "b": jnp.ones(2)}, {"a": jnp.ones(2)})
 
 
@@ -555,7 +555,7 @@ def test_apply_updates_shape_mismatch_raises_naming_the_leaf(update_shape):
     """An update of another shape must not broadcast the param into a new shape (nor fail unnamed)."""
     params = {"layer": {"w": jnp.ones(2), "b": jnp.ones(1)}}
     updates = {"layer": {"w": jnp.ones(update_shape), "b": jnp.ones(1)}}
-    with pytest.raises(ValueError, match=re.escape("['layer']['w']")):
+    with pytest.raises(ValueError, match=re.escape("layer/w")):
         gc.apply_updates(params, updates)
 
 

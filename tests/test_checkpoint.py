@@ -21,8 +21,8 @@ import pytest
 from reference import assert_trees_equal, grad_sequence
 
 import gradchain as gc
+from gradchain import monitored
 from gradchain.interop import from_optax, to_optax
-from gradchain.wrappers.monitoring import monitored
 
 PyTree = Any
 
@@ -230,12 +230,10 @@ def _optional(module: str, factory: str, *args: Any, **kwargs: Any) -> Callable[
 
 
 WRAPPERS: dict[str, Callable[[], gc.GradientTransformation]] = {
-    "multi_steps": _optional("gradchain.wrappers.accumulate", "multi_steps", gc.adam(1e-2), every_k=3),
-    "ema_params": _optional("gradchain.wrappers.averaging", "ema_params", gc.adam(1e-2), decay=0.9),
-    "lookahead": _optional("gradchain.wrappers.averaging", "lookahead", gc.adam(1e-2), sync_period=4, alpha=0.5),
-    "apply_if_finite": _optional(
-        "gradchain.wrappers.safety", "apply_if_finite", gc.adam(1e-2), max_consecutive_errors=3
-    ),
+    "multi_steps": _optional("gradchain", "multi_steps", gc.adam(1e-2), every_k=3),
+    "ema_params": _optional("gradchain", "ema_params", gc.adam(1e-2), decay=0.9),
+    "lookahead": _optional("gradchain", "lookahead", gc.adam(1e-2), sync_period=4, alpha=0.5),
+    "apply_if_finite": _optional("gradchain", "apply_if_finite", gc.adam(1e-2), max_consecutive_errors=3),
 }
 
 

@@ -385,7 +385,7 @@ def bad_calls():
             "integer params",
             {**ok, "params": {"w": jnp.zeros(DIM, jnp.int32), "b": jnp.zeros(())}},
             TypeError,
-            r"params must be floating point; leaf \['w'\]",
+            r"params must be floating point; leaf w\b",
         ),
         ("no params", {**ok, "params": {}}, ValueError, "params has no array leaves"),
     ]

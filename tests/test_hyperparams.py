@@ -562,3 +562,15 @@ def test_a_dtype_is_not_taken_for_a_schedule(build, name):
     # Classes are callable, so without this check a dtype became a "schedule" of the step count.
     with pytest.raises(TypeError, match=rf"{name} must be a number or a schedule, got the type float32"):
         build()
+
+
+def test_hyperparams_are_plain_arrays_under_nnx_optimizer():
+    """flax NNX wraps every state leaf in a Variable; `hyperparams` still returns arrays, which format."""
+    from flax import nnx
+
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, gc.adamw(1e-3, weight_decay=1e-4), wrt=nnx.Param)
+    hp = gc.hyperparams(opt.opt_state)
+    assert all(isinstance(v, jax.Array) for v in hp.values())
+    assert f"{hp['learning_rate']:.1e}" == "1.0e-03"
+    assert float(hp["weight_decay"]) == pytest.approx(1e-4)

@@ -35,14 +35,17 @@ import pytest
 from reference import assert_stacked_close, assert_trajectory_close, grad_sequence, scan_trajectories, stored
 
 import gradchain as gc
-from gradchain.optimizers.layerwise import fromage, lamb, lars, sm3
-from gradchain.transforms.layerwise import (
+from gradchain import (
     adaptive_grad_clip,
     centralize,
+    fromage,
+    lamb,
+    lars,
     scale_by_fromage_step,
     scale_by_param_block_norm,
     scale_by_sm3,
     scale_by_trust_ratio,
+    sm3,
 )
 
 STEPS = 200
@@ -780,7 +783,7 @@ def test_missing_params_and_mismatched_trees_are_named(name, make):
     state = tx.init(params)
     with pytest.raises(ValueError, match=f"{name} needs the params"):
         tx.update(params, state)
-    with pytest.raises(ValueError, match=re.escape("['b']")):
+    with pytest.raises(ValueError, match=r"leaf b\b"):
         tx.update({"w": jnp.ones((2, 3)), "b": jnp.ones(4)}, state, params)
 
 
@@ -791,16 +794,16 @@ def test_integer_leaves_are_named(make):
     params = {"w": jnp.ones((2, 3)), "step": jnp.ones(3)}
     tx = make()
     state = tx.init(params)
-    with pytest.raises(TypeError, match=re.escape("['step']")):
+    with pytest.raises(TypeError, match=r"leaf step\b"):
         tx.update({"w": jnp.ones((2, 3)), "step": jnp.ones(3, jnp.int32)}, state, params)
 
 
 def test_agc_names_a_leaf_without_unit_axes():
     params = {"deep": jnp.ones((2,) * 6)}
     tx = adaptive_grad_clip(0.1)
-    with pytest.raises(ValueError, match=re.escape("leaf ['deep'] has shape (2, 2, 2, 2, 2, 2)") + ".*axis"):
+    with pytest.raises(ValueError, match=re.escape("leaf deep has shape (2, 2, 2, 2, 2, 2)") + ".*axis"):
         tx.update(params, tx.init(params), params)
-    with pytest.raises(ValueError, match=re.escape("leaf ['v'] has shape (3,), which has no axis 2")):
+    with pytest.raises(ValueError, match=re.escape("leaf v has shape (3,), which has no axis 2")):
         tx = adaptive_grad_clip(0.1, axis=2)
         tx.update({"v": jnp.ones(3)}, tx.init(None), {"v": jnp.ones(3)})
     tx = adaptive_grad_clip(0.1, axis=(0, 5))  # any axes, any rank
@@ -811,7 +814,7 @@ def test_agc_names_a_leaf_without_unit_axes():
 def test_sm3_rejects_updates_of_another_shape():
     tx = scale_by_sm3()
     state = tx.init({"w": jnp.ones((2, 3))})
-    with pytest.raises(ValueError, match=re.escape("['w']")):
+    with pytest.raises(ValueError, match=r"leaf w\b"):
         tx.update({"w": jnp.ones((3, 2))}, state)
 
 

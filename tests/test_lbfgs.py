@@ -15,11 +15,15 @@ import pytest
 import scipy.optimize
 
 import gradchain as gc
-from gradchain.optimizers.lbfgs import MinimizeResult, ScaleByLbfgsState, lbfgs, minimize, scale_by_lbfgs
-from gradchain.transforms.linesearch import (
+from gradchain import (
+    MinimizeResult,
     ScaleByBacktrackingLinesearchState,
+    ScaleByLbfgsState,
     ScaleByZoomLinesearchState,
+    lbfgs,
+    minimize,
     scale_by_backtracking_linesearch,
+    scale_by_lbfgs,
     scale_by_zoom_linesearch,
     value_and_grad_from_state,
 )
@@ -541,9 +545,9 @@ def test_bad_arguments(build, error, match):
 
 
 def test_complex_and_integer_params_rejected_naming_the_leaf():
-    with pytest.raises(TypeError, match=r"scale_by_lbfgs: param leaf \['z'\].*complex"):
+    with pytest.raises(TypeError, match=r"scale_by_lbfgs: param leaf z.*complex"):
         lbfgs().init({"z": jnp.ones(2, jnp.complex64)})
-    with pytest.raises(TypeError, match=r"\['n'\].*int32"):
+    with pytest.raises(TypeError, match=r"leaf n\b.*int32"):
         lbfgs().init({"n": jnp.ones(2, jnp.int32)})
 
 

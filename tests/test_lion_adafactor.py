@@ -54,9 +54,7 @@ from reference import (
 )
 
 import gradchain as gc
-from gradchain.optimizers.modern import adafactor, lion
-from gradchain.transforms.factored import scale_by_factored_rms, scale_by_param_block_rms
-from gradchain.transforms.sign import scale_by_lion, scale_by_sign
+from gradchain import adafactor, lion, scale_by_factored_rms, scale_by_lion, scale_by_param_block_rms, scale_by_sign
 
 N_STEPS = 120
 MIN_DIM = 4
@@ -520,7 +518,7 @@ def test_complex_gradients_use_abs_squared_and_keep_real_statistics():
 
 @pytest.mark.parametrize("make", [lambda: scale_by_lion(), lambda: scale_by_sign()], ids=["lion", "sign"])
 def test_sign_rules_reject_complex_params_naming_the_leaf(make):
-    with pytest.raises(TypeError, match=r"\['z'\].*complex"):
+    with pytest.raises(TypeError, match=r"leaf z\b.*complex"):
         make().init({"w": jnp.zeros(2), "z": jnp.zeros(2, jnp.complex64)})
 
 
@@ -920,7 +918,7 @@ INT_PARAMS = {"w": jnp.zeros((4, 4)), "n": jnp.zeros(3, jnp.int32)}
     ids=["lion", "lion-unpacked", "adafactor", "adafactor-unpacked", "factored", "scale_by_lion", "sign"],
 )
 def test_integer_params_are_named(make):
-    with pytest.raises(TypeError, match=r"\['n'\] has dtype int32"):
+    with pytest.raises(TypeError, match=r"leaf n has dtype int32"):
         make().init(INT_PARAMS)
 
 
@@ -928,16 +926,16 @@ def test_integer_params_are_named(make):
 def test_integer_updates_are_named(make):
     params = {"w": jnp.zeros((4, 4)), "n": jnp.zeros(3)}
     tx = make()
-    with pytest.raises(TypeError, match=r"\['n'\] has dtype int32"):
+    with pytest.raises(TypeError, match=r"leaf n has dtype int32"):
         tx.update(INT_PARAMS, tx.init(params), params)
 
 
 def test_factored_update_of_another_shape_names_the_leaf():
     tx = scale_by_factored_rms(min_dim_size_to_factor=2)
     state = tx.init({"a": jnp.zeros(3), "w": jnp.zeros((4, 5))})
-    with pytest.raises(ValueError, match=r"leaf \['w'\] has shape \(4, 6\) in updates"):
+    with pytest.raises(ValueError, match=r"leaf w has shape \(4, 6\) in updates"):
         tx.update({"a": jnp.zeros(3), "w": jnp.zeros((4, 6))}, state)
-    with pytest.raises(ValueError, match=r"missing from updates: \['a'\]"):
+    with pytest.raises(ValueError, match=r"missing from updates: a"):
         tx.update({"w": jnp.zeros((4, 5))}, state)
 
 
@@ -945,7 +943,7 @@ def test_param_block_rms_needs_params():
     tx = scale_by_param_block_rms()
     with pytest.raises(ValueError, match="scale_by_param_block_rms needs the params"):
         tx.update({"w": jnp.ones(2)}, tx.init(None))
-    with pytest.raises(ValueError, match=r"leaf \['w'\] has shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"leaf w has shape \(3,\)"):
         tx.update({"w": jnp.ones(3)}, tx.init(None), {"w": jnp.ones(2)})
 
 

@@ -17,8 +17,7 @@ import pytest
 import torch
 
 import gradchain as gc
-from gradchain.wrappers.loss_scaling import DynamicLossScaleState, dynamic_loss_scale, loss_scale
-from gradchain.wrappers.plateau import reduce_on_plateau
+from gradchain import DynamicLossScaleState, dynamic_loss_scale, loss_scale, reduce_on_plateau
 
 SHAPES = {"a": (3,), "b": (2, 4), "c": ()}
 N = 120

@@ -18,9 +18,9 @@ import pytest
 from reference import INT32_MAX, TREE_SCALES, assert_trees_equal, grad_sequence, param_tree
 
 import gradchain as gc
+from gradchain import MonitorState, metrics, monitored
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain.interop import to_optax
-from gradchain.wrappers.monitoring import MonitorState, metrics, monitored
 
 PyTree = Any
 N_STEPS = 100

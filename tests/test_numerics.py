@@ -324,7 +324,7 @@ def test_half_precision_steps_stay_finite_and_keep_the_gradient_dtype(name):
     assert_all_finite(traj.state, "state")
     assert_all_finite(traj.params, "params")
     for field, path, leaf in state_buffers(traj.state):
-        expected = default_storage(field, HALF[path.split("'")[1]])  # path is "['f16'][...]" or "['bf16'][...]"
+        expected = default_storage(field, HALF[path.split("/")[0]])  # path is "f16/..." or "bf16/..."
         assert leaf.dtype == expected, f"{field}{path}: {leaf.dtype}, expected {expected}"
 
 
@@ -413,7 +413,7 @@ def test_float32_state_for_half_params_is_closer_to_the_reference(name):
     for field, path, leaf in state_buffers(mixed.state):
         assert leaf.dtype == jnp.float32, f"{field}{path}: {leaf.dtype}"
     for field, path, leaf in state_buffers(plain.state):
-        expected = default_storage(field, HALF[path.split("'")[1]])
+        expected = default_storage(field, HALF[path.split("/")[0]])
         assert leaf.dtype == expected, f"{field}{path}: {leaf.dtype}, expected {expected}"
     for traj in (mixed, plain):
         for updates in traj:
@@ -574,12 +574,12 @@ def test_complex_least_squares_converges_with_conjugated_gradients(name):
 def test_clip_rejects_complex_updates_naming_the_leaf():
     updates = {"real": jnp.ones(2), "layer": {"z": jnp.ones(2, jnp.complex64)}}
     tx = gc.clip(1.0)
-    with pytest.raises(TypeError, match=r"clip.*\['layer'\]\['z'\].*complex64"):
+    with pytest.raises(TypeError, match=r"clip.*layer/z.*complex64"):
         tx.update(updates, tx.init(None))
-    with pytest.raises(TypeError, match=r"clip.*\['layer'\]\['z'\]"):
+    with pytest.raises(TypeError, match=r"clip.*layer/z"):
         tx.init(updates)
     chained = gc.chain(gc.clip(1.0), gc.adam(1e-3))
-    with pytest.raises(TypeError, match=r"clip.*\['layer'\]\['z'\]"):
+    with pytest.raises(TypeError, match=r"clip.*layer/z"):
         chained.init(updates)
 
 
@@ -598,7 +598,7 @@ def test_clip_by_global_norm_accepts_complex_updates():
 @pytest.mark.parametrize("name", NAMES)
 def test_integer_or_bool_params_raise_type_error_naming_the_path(name, bad_dtype):
     params = {"w": jnp.ones((2, 3)), "meta": {"step": jnp.zeros(3, bad_dtype)}}
-    with pytest.raises(TypeError, match=rf"\['meta'\]\['step'\].*{jnp.dtype(bad_dtype).name}"):
+    with pytest.raises(TypeError, match=rf"meta/step.*{jnp.dtype(bad_dtype).name}"):
         make(name).init(params)
 
 
@@ -608,7 +608,7 @@ def test_integer_gradients_raise_type_error_naming_the_path(name):
     tx = make(name)
     state = tx.init(params)
     grads = {"w": jnp.ones((2, 3)), "b": [jnp.ones(2), jnp.ones(3, jnp.int32)]}
-    with pytest.raises(TypeError, match=r"\['b'\]\[1\].*int32"):
+    with pytest.raises(TypeError, match=r"b/1.*int32"):
         tx.update(grads, state, params)
 
 

@@ -366,13 +366,13 @@ def test_updates_that_do_not_match_the_packed_state_are_rejected_by_path():
 def test_integer_leaves_are_rejected_by_path_before_packing():
     params = dict(many_leaves())
     params["step"] = jnp.zeros(3, jnp.int32)
-    with pytest.raises(TypeError, match=r"\['step'\].*int32"):
+    with pytest.raises(TypeError, match=r"leaf step\b.*int32"):
         gc.adam(1e-3, pack=True).init(params)
 
 
 def test_pack_checks_the_layout_and_the_pack_argument():
     layout = gc.pack({"a": jnp.ones(2), "b": jnp.ones(3)}).layout
-    with pytest.raises(ValueError, match=r"\['b'\]"):
+    with pytest.raises(ValueError, match=r"leaf b\b"):
         gc.pack({"a": jnp.ones(2), "b": jnp.ones(4)}, layout)
     with pytest.raises(TypeError, match="pack"):
         gc.chain(gc.trace(0.9), pack="yes")

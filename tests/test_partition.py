@@ -21,16 +21,7 @@ from flax import nnx
 from reference import RTOL, RTOL32, assert_stacked_close, assert_trees_equal, grad_sequence, param_tree
 
 import gradchain as gc
-from gradchain.wrappers.partition import (
-    MaskedState,
-    PartitionState,
-    freeze,
-    labels_by_path,
-    mask_by_path,
-    masked,
-    partition,
-    reset_group,
-)
+from gradchain import MaskedState, PartitionState, freeze, labels_by_path, mask_by_path, masked, partition, reset_group
 
 N = 100
 SHAPES = {

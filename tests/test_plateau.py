@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import gradchain as gc
-from gradchain.wrappers.plateau import ReduceOnPlateauState, reduce_on_plateau
+from gradchain import ReduceOnPlateauState, reduce_on_plateau
 
 BASE_LR = 0.1
 N = 200

@@ -20,8 +20,6 @@ import torch
 from reference import assert_stacked_close, optimizer_data, scan_trajectories, stored
 
 import gradchain as gc
-from gradchain.optimizers import sgd_variants as opt
-from gradchain.transforms import sgd_variants as tr
 
 STEPS = 250
 # float32 param trajectories: every step rounds p + u to 2^-24 |p|; over 250 steps that random walk
@@ -44,28 +42,28 @@ def _optax_adam_v1(*args, **kwargs):
 
 # (id, gradchain optimizer, optax optimizer)
 OPTAX_CASES: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
-    ("adadelta", lambda: opt.adadelta(1.0), lambda: optax.adadelta(1.0)),
+    ("adadelta", lambda: gc.adadelta(1.0), lambda: optax.adadelta(1.0)),
     (
         "adadelta_wd",
-        lambda: opt.adadelta(0.5, rho=0.95, eps=1e-5, weight_decay=1e-2),
+        lambda: gc.adadelta(0.5, rho=0.95, eps=1e-5, weight_decay=1e-2),
         lambda: optax.adadelta(0.5, rho=0.95, eps=1e-5, weight_decay=1e-2),
     ),
-    ("sign_sgd", lambda: opt.sign_sgd(0.01), lambda: optax.sign_sgd(0.01)),
-    ("signum", lambda: opt.signum(0.01, beta=0.8), lambda: optax.signum(0.01, beta=0.8)),
+    ("sign_sgd", lambda: gc.sign_sgd(0.01), lambda: optax.sign_sgd(0.01)),
+    ("signum", lambda: gc.signum(0.01, beta=0.8), lambda: optax.signum(0.01, beta=0.8)),
     (
         "noisy_sgd",
-        lambda: opt.noisy_sgd(0.01, eta=0.3, gamma=0.55, key=3),
+        lambda: gc.noisy_sgd(0.01, eta=0.3, gamma=0.55, key=3),
         lambda: optax.noisy_sgd(0.01, 0.3, 0.55, key=3),
     ),
-    ("ogd", lambda: opt.optimistic_gradient_descent(0.01), lambda: optax.optimistic_gradient_descent(0.01)),
+    ("ogd", lambda: gc.optimistic_gradient_descent(0.01), lambda: optax.optimistic_gradient_descent(0.01)),
     (
         "ogd_custom",
-        lambda: opt.optimistic_gradient_descent(0.02, alpha=0.5, beta=2.0),
+        lambda: gc.optimistic_gradient_descent(0.02, alpha=0.5, beta=2.0),
         lambda: optax.optimistic_gradient_descent(0.02, alpha=0.5, beta=2.0),
     ),
     (
         "optimistic_adam_plain",
-        lambda: opt.optimistic_adam(3e-3, None, b1=0.8, b2=0.99, eps=1e-6, nesterov=False),
+        lambda: gc.optimistic_adam(3e-3, None, b1=0.8, b2=0.99, eps=1e-6, nesterov=False),
         lambda: _optax_adam_v1(3e-3, None, b1=0.8, b2=0.99, eps=1e-6, nesterov=False),
     ),
 ]
@@ -84,7 +82,7 @@ def test_optimistic_adam_nesterov_matches_optax_to_its_bias_correction_rounding(
     # uses 1e-4 of the leaf's max |p| (measured worst 6e-6) instead of 1e-6.
     params, grads = _data()
     (ours, _), (theirs, _) = scan_trajectories(
-        [opt.optimistic_adam(1e-2, 1.0), _optax_adam_v1(1e-2, 1.0)], params, grads
+        [gc.optimistic_adam(1e-2, 1.0), _optax_adam_v1(1e-2, 1.0)], params, grads
     )
     assert_stacked_close(ours, theirs, 1e-4)
 
@@ -108,7 +106,7 @@ def test_rprop_optax_applies_the_previous_steps_move():
     """
     _, grads = _data(9)
     kw = dict(eta_minus=0.3, eta_plus=1.5, min_step_size=1e-4, max_step_size=1.0)
-    ours = _rprop_updates(opt.rprop(0.1, **kw), grads)
+    ours = _rprop_updates(gc.rprop(0.1, **kw), grads)
     theirs = _rprop_updates(optax.rprop(0.1, **kw), grads)
     for leaf in range(len(jax.tree.leaves(grads))):
         g = np.asarray(jax.tree.leaves(grads)[leaf])
@@ -124,7 +122,7 @@ def test_rprop_optax_applies_the_previous_steps_move():
 def test_optimistic_adam_v2_is_the_documented_chain():
     params, grads = _data(1)
     ours = gc.chain(
-        gc.scale_by_adam(nesterov=True), tr.scale_by_optimistic_gradient(0.3, 1.5), gc.scale_by_learning_rate(0.01)
+        gc.scale_by_adam(nesterov=True), gc.scale_by_optimistic_gradient(0.3, 1.5), gc.scale_by_learning_rate(0.01)
     )
     theirs = optax.optimistic_adam_v2(0.01, alpha=0.3, beta=1.5)
     (a, _), (b, _) = scan_trajectories([ours, theirs], params, grads)
@@ -150,28 +148,28 @@ def _torch_run(make_torch, params, grads, dtype) -> list[np.ndarray]:
 
 
 TORCH_CASES = [
-    ("adadelta", lambda: opt.adadelta(), lambda ps: torch.optim.Adadelta(ps)),
+    ("adadelta", lambda: gc.adadelta(), lambda ps: torch.optim.Adadelta(ps)),
     (
         "adadelta_wd",
-        lambda: opt.adadelta(0.5, rho=0.95, eps=1e-5, weight_decay=1e-2),
+        lambda: gc.adadelta(0.5, rho=0.95, eps=1e-5, weight_decay=1e-2),
         lambda ps: torch.optim.Adadelta(ps, lr=0.5, rho=0.95, eps=1e-5, weight_decay=1e-2),
     ),
-    ("rprop", lambda: opt.rprop(0.01), lambda ps: torch.optim.Rprop(ps)),
+    ("rprop", lambda: gc.rprop(0.01), lambda ps: torch.optim.Rprop(ps)),
     (
         "rprop_custom",
-        lambda: opt.rprop(0.1, 0.3, 1.5, 1e-4, 1.0),
+        lambda: gc.rprop(0.1, 0.3, 1.5, 1e-4, 1.0),
         lambda ps: torch.optim.Rprop(ps, lr=0.1, etas=(0.3, 1.5), step_sizes=(1e-4, 1.0)),
     ),
     # An initial step size outside [min, max]: PyTorch clips it at the first step (optax does not).
     (
         "rprop_lr_above_max",
-        lambda: opt.rprop(2.0, max_step_size=0.5),
+        lambda: gc.rprop(2.0, max_step_size=0.5),
         lambda ps: torch.optim.Rprop(ps, lr=2.0, step_sizes=(1e-6, 0.5)),
     ),
-    ("asgd", lambda: opt.asgd(), lambda ps: torch.optim.ASGD(ps)),
+    ("asgd", lambda: gc.asgd(), lambda ps: torch.optim.ASGD(ps)),
     (
         "asgd_averaging",
-        lambda: opt.asgd(0.05, lambd=1e-2, alpha=0.6, t0=100.0, weight_decay=1e-3),
+        lambda: gc.asgd(0.05, lambd=1e-2, alpha=0.6, t0=100.0, weight_decay=1e-3),
         lambda ps: torch.optim.ASGD(ps, lr=0.05, lambd=1e-2, alpha=0.6, t0=100.0, weight_decay=1e-3),
     ),
 ]
@@ -203,7 +201,7 @@ def test_matches_torch_float32(make, make_torch, request):
 
 def test_asgd_float32_follows_the_float64_trajectory():
     params, grads = _data(2, np.float32)
-    ((ours, _),) = scan_trajectories([opt.asgd()], params, grads)
+    ((ours, _),) = scan_trajectories([gc.asgd()], params, grads)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -221,7 +219,7 @@ def test_matches_torch_float64(make, make_torch, x64):
 def test_asgd_average_matches_torch_ax(x64):
     params, grads = _data(3, np.float64)
     t0 = 50.0
-    ((_, state),) = scan_trajectories([opt.asgd(0.05, lambd=1e-3, t0=t0)], params, grads)
+    ((_, state),) = scan_trajectories([gc.asgd(0.05, lambd=1e-3, t0=t0)], params, grads)
     leaves = [torch.tensor(np.asarray(p), requires_grad=True) for p in jax.tree.leaves(params)]
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -234,7 +232,7 @@ def test_asgd_average_matches_torch_ax(x64):
     finally:
         torch.set_default_dtype(previous)
     ax = [optimizer.state[p]["ax"].numpy() for p in leaves]
-    ours = jax.tree.leaves(tr.asgd_averaged_params(state))
+    ours = jax.tree.leaves(gc.asgd_averaged_params(state))
     for a, b in zip(ours, ax, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
     # Averaging really started: the average is not the last iterate.
@@ -244,7 +242,7 @@ def test_asgd_average_matches_torch_ax(x64):
 def test_rprop_initial_step_outside_bounds_differs_from_optax_as_documented():
     params, grads = _data(4)
     (ours, _), (theirs, _) = scan_trajectories(
-        [opt.rprop(2.0, max_step_size=0.5), optax.rprop(2.0, max_step_size=0.5)], params, grads
+        [gc.rprop(2.0, max_step_size=0.5), optax.rprop(2.0, max_step_size=0.5)], params, grads
     )
     first_ours = jax.tree.leaves(ours)[0][0] - jax.tree.leaves(params)[0]
     # optax's moves are late by one step (see the next test): its second move is the first one.
@@ -259,14 +257,14 @@ def test_rprop_initial_step_outside_bounds_differs_from_optax_as_documented():
 
 def test_noisy_sgd_without_noise_is_sgd_exactly():
     params, grads = _data(5)
-    (a, _), (b, _) = scan_trajectories([opt.noisy_sgd(0.02, eta=0.0), gc.sgd(0.02)], params, grads)
+    (a, _), (b, _) = scan_trajectories([gc.noisy_sgd(0.02, eta=0.0), gc.sgd(0.02)], params, grads)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_add_noise_statistics():
     eta, gamma = 0.5, 0.55
-    tx = tr.add_noise(eta, gamma, key=jax.random.key(7))
+    tx = gc.add_noise(eta, gamma, key=jax.random.key(7))
     zeros = {"big": jnp.zeros((200, 100)), "small": jnp.zeros(3)}
     state = tx.init(zeros)
     step = jax.jit(tx.update)
@@ -285,7 +283,7 @@ def test_add_noise_statistics():
 
 def test_add_noise_same_key_same_noise_as_optax_and_int_seed_equals_key():
     g = {"a": jnp.ones((4, 3)), "b": jnp.zeros(5)}
-    ours = [tr.add_noise(0.1, 0.55, key=11), tr.add_noise(0.1, 0.55, key=jax.random.key(11))]
+    ours = [gc.add_noise(0.1, 0.55, key=11), gc.add_noise(0.1, 0.55, key=jax.random.key(11))]
     theirs = optax.add_noise(0.1, 0.55, key=11)
     s_theirs = theirs.init(g)
     states = [tx.init(g) for tx in ours]
@@ -352,7 +350,7 @@ def test_polyak_sgd_matches_optax_and_numpy(kwargs):
     params, grads = _data(6)
     grads = jax.tree.map(lambda g: 0.1 * g, grads)
     values = _values(0)
-    ours, theirs = _run_with_values([opt.polyak_sgd(**kwargs), optax.polyak_sgd(**kwargs)], params, grads, values)
+    ours, theirs = _run_with_values([gc.polyak_sgd(**kwargs), optax.polyak_sgd(**kwargs)], params, grads, values)
     assert_stacked_close(ours, theirs, RTOL_F32)
     ref = _ref_polyak(
         params,
@@ -372,7 +370,7 @@ def test_polyak_scaling_follows_the_documented_formula_where_optax_differs():
     grads = jax.tree.map(lambda g: 0.1 * g, grads)
     values = _values(1)
     kw = dict(scaling=0.5, max_learning_rate=10.0)
-    ours, theirs = _run_with_values([opt.polyak_sgd(**kw), optax.polyak_sgd(**kw)], params, grads, values)
+    ours, theirs = _run_with_values([gc.polyak_sgd(**kw), optax.polyak_sgd(**kw)], params, grads, values)
     common = dict(max_lr=10.0, f_min=0.0, eps=0.0)
     assert_stacked_close(ours, _ref_polyak(params, grads, np.asarray(values), scaling=0.5, **common), RTOL_F32)
     # optax puts the scaling into the norm: its step is s * gap / (s^2 |g|^2).
@@ -383,7 +381,7 @@ def test_polyak_scaling_follows_the_documented_formula_where_optax_differs():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: opt.polyak_sgd(), lambda: tr.scale_by_polyak()], ids=["polyak_sgd", "ingredient"]
+    "make", [lambda: gc.polyak_sgd(), lambda: gc.scale_by_polyak()], ids=["polyak_sgd", "ingredient"]
 )
 def test_polyak_without_value_raises_type_error_naming_value(make):
     tx = make()
@@ -393,7 +391,7 @@ def test_polyak_without_value_raises_type_error_naming_value(make):
 
 
 def test_polyak_zero_gradient_gives_zero_step_not_nan():
-    tx = opt.polyak_sgd()
+    tx = gc.polyak_sgd()
     params = {"w": jnp.ones(3)}
     u, state = tx.update({"w": jnp.zeros(3)}, tx.init(params), params, value=0.0)
     assert (u["w"] == 0).all() and float(state[0].step_size) == 0.0
@@ -406,8 +404,8 @@ def test_polyak_zero_gradient_gives_zero_step_not_nan():
 def test_adadelta_complex_matches_numpy_reference():
     rng = np.random.default_rng(0)
     g = (rng.standard_normal((STEPS, 4)) + 1j * rng.standard_normal((STEPS, 4))).astype(np.complex64)
-    tx = jax.jit(tr.scale_by_adadelta(0.9, 1e-6).update)
-    state = tr.scale_by_adadelta(0.9, 1e-6).init({"z": jnp.zeros(4, jnp.complex64)})
+    tx = jax.jit(gc.scale_by_adadelta(0.9, 1e-6).update)
+    state = gc.scale_by_adadelta(0.9, 1e-6).init({"z": jnp.zeros(4, jnp.complex64)})
     rho, eps = stored(0.9), stored(1e-6)
     e_g = e_x = np.zeros(4)
     for k in range(STEPS):
@@ -422,7 +420,7 @@ def test_adadelta_complex_matches_numpy_reference():
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: opt.rprop(0.01), lambda: opt.sign_sgd(0.1), lambda: opt.signum(0.1)],
+    [lambda: gc.rprop(0.01), lambda: gc.sign_sgd(0.1), lambda: gc.signum(0.1)],
     ids=["rprop", "sign_sgd", "signum"],
 )
 def test_sign_based_optimizers_reject_complex_naming_the_leaf(make):
@@ -433,10 +431,10 @@ def test_sign_based_optimizers_reject_complex_naming_the_leaf(make):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda pack: opt.rprop(0.05, pack=pack),
-        lambda pack: opt.adadelta(pack=pack),
-        lambda pack: opt.asgd(0.05, t0=10.0, pack=pack),
-        lambda pack: opt.optimistic_adam(1e-2, pack=pack),
+        lambda pack: gc.rprop(0.05, pack=pack),
+        lambda pack: gc.adadelta(pack=pack),
+        lambda pack: gc.asgd(0.05, t0=10.0, pack=pack),
+        lambda pack: gc.optimistic_adam(1e-2, pack=pack),
     ],
     ids=["rprop", "adadelta", "asgd", "optimistic_adam"],
 )
@@ -454,28 +452,28 @@ def test_packed_equals_unpacked_bit_for_bit(make):
 
 def test_rprop_state_keeps_int8_signs_and_asgd_average_unpacks():
     params = {f"b{i}": jnp.ones(3) for i in range(40)}
-    state = opt.rprop(0.01).init(params)
+    state = gc.rprop(0.01).init(params)
     assert all(leaf.dtype == jnp.int8 for leaf in jax.tree.leaves(state[0].prev_sign))
-    tx = opt.asgd(0.1)
+    tx = gc.asgd(0.1)
     state = tx.init(params)
     _, state = tx.update(params, state, params)
     assert isinstance(state[0].ax, gc.Packed)
-    ax = tr.asgd_averaged_params(state)
+    ax = gc.asgd_averaged_params(state)
     assert set(ax) == set(params) and ax["b0"].shape == (3,)
     np.testing.assert_allclose(np.asarray(ax["b0"]), 1 - 0.1 * (1 + 1e-4), rtol=1e-6)
 
 
 def test_hyperparameters_are_readable_and_settable():
     params = {"w": jnp.ones(3)}
-    state = opt.adadelta(0.5, rho=0.8).init(params)
+    state = gc.adadelta(0.5, rho=0.8).init(params)
     hp = gc.hyperparams(state)
     assert set(hp) == {"rho", "eps", "learning_rate"} and np.isclose(float(hp["rho"]), 0.8)
     state = gc.set_hyperparams(state, rho=0.7)
     assert np.isclose(float(gc.hyperparams(state)["rho"]), 0.7)
-    rprop_hp = gc.hyperparams(opt.rprop(0.01).init(params))
+    rprop_hp = gc.hyperparams(gc.rprop(0.01).init(params))
     assert {"eta_minus", "eta_plus", "min_step_size", "max_step_size"} <= set(rprop_hp)
-    assert set(gc.hyperparams(opt.asgd().init(params))) == {"learning_rate", "lambd", "alpha", "t0"}
-    assert {"eta", "gamma", "learning_rate"} == set(gc.hyperparams(opt.noisy_sgd(0.1).init(params)))
+    assert set(gc.hyperparams(gc.asgd().init(params))) == {"learning_rate", "lambd", "alpha", "t0"}
+    assert {"eta", "gamma", "learning_rate"} == set(gc.hyperparams(gc.noisy_sgd(0.1).init(params)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -507,15 +505,15 @@ def _run(tx, loss, params, steps, *, with_value=False):
 
 CONVERGENCE = [
     # (id, optimizer, steps, quadratic factor, rosenbrock factor, needs value)
-    ("adadelta", lambda: opt.adadelta(1.0, rho=0.95, eps=1e-4), 2000, 1e-3, 1e-1, False),
-    ("rprop", lambda: opt.rprop(0.01), 500, 1e-6, 1e-2, False),
-    ("sign_sgd", lambda: opt.sign_sgd(gc.schedules.exponential_decay(0.05, 100, 0.5)), 1000, 1e-3, 2e-1, False),
-    ("signum", lambda: opt.signum(gc.schedules.exponential_decay(0.05, 100, 0.5)), 1000, 1e-3, 1e-1, False),
-    ("asgd", lambda: opt.asgd(1e-3, t0=500.0), 2000, 1e-3, 1e-1, False),
-    ("noisy_sgd", lambda: opt.noisy_sgd(1e-3, eta=1e-4, key=1), 2000, 1e-2, 1e-1, False),
-    ("ogd", lambda: opt.optimistic_gradient_descent(1e-3), 2000, 1e-3, 1e-1, False),
-    ("optimistic_adam", lambda: opt.optimistic_adam(1e-2), 2000, 1e-3, 1e-1, False),
-    ("polyak_sgd", lambda: opt.polyak_sgd(max_learning_rate=1.0), 2000, 1e-3, 1e-1, True),
+    ("adadelta", lambda: gc.adadelta(1.0, rho=0.95, eps=1e-4), 2000, 1e-3, 1e-1, False),
+    ("rprop", lambda: gc.rprop(0.01), 500, 1e-6, 1e-2, False),
+    ("sign_sgd", lambda: gc.sign_sgd(gc.schedules.exponential_decay(0.05, 100, 0.5)), 1000, 1e-3, 2e-1, False),
+    ("signum", lambda: gc.signum(gc.schedules.exponential_decay(0.05, 100, 0.5)), 1000, 1e-3, 1e-1, False),
+    ("asgd", lambda: gc.asgd(1e-3, t0=500.0), 2000, 1e-3, 1e-1, False),
+    ("noisy_sgd", lambda: gc.noisy_sgd(1e-3, eta=1e-4, key=1), 2000, 1e-2, 1e-1, False),
+    ("ogd", lambda: gc.optimistic_gradient_descent(1e-3), 2000, 1e-3, 1e-1, False),
+    ("optimistic_adam", lambda: gc.optimistic_adam(1e-2), 2000, 1e-3, 1e-1, False),
+    ("polyak_sgd", lambda: gc.polyak_sgd(max_learning_rate=1.0), 2000, 1e-3, 1e-1, True),
 ]
 
 
@@ -536,28 +534,28 @@ def test_convergence(make, steps, quad_factor, rosen_factor, with_value):
 
 
 BAD = [
-    (lambda: opt.adadelta(rho=1.0), ValueError, "rho"),
-    (lambda: opt.adadelta(eps=-1.0), ValueError, "eps"),
-    (lambda: opt.adadelta(learning_rate=-1.0), ValueError, "learning_rate"),
-    (lambda: opt.rprop(0.0), ValueError, "learning_rate"),
-    (lambda: opt.rprop(lambda c: 0.1), TypeError, "learning_rate"),
-    (lambda: opt.rprop(0.1, eta_minus=1.5), ValueError, "eta_minus"),
-    (lambda: opt.rprop(0.1, eta_plus=0.0), ValueError, "eta_plus"),
-    (lambda: opt.rprop(0.1, min_step_size=1.0, max_step_size=0.5), ValueError, "min_step_size"),
-    (lambda: opt.signum(0.1, beta=1.0), ValueError, "beta"),
-    (lambda: opt.sign_sgd(-0.1), ValueError, "learning_rate"),
-    (lambda: opt.asgd(lambd=-1.0), ValueError, "lambd"),
-    (lambda: opt.asgd(t0=float("nan")), ValueError, "t0"),
-    (lambda: opt.asgd(alpha=-0.5), ValueError, "alpha"),
-    (lambda: opt.noisy_sgd(0.1, eta=-1.0), ValueError, "eta"),
-    (lambda: opt.noisy_sgd(0.1, gamma=-1.0), ValueError, "gamma"),
-    (lambda: opt.noisy_sgd(0.1, key="seed"), TypeError, "key"),
-    (lambda: opt.optimistic_gradient_descent(0.1, alpha=float("inf")), ValueError, "alpha"),
-    (lambda: opt.optimistic_adam(lambda c: 0.1), TypeError, "learning_rate"),
-    (lambda: opt.optimistic_adam(1e-2, b2=1.5), ValueError, "b2"),
-    (lambda: opt.polyak_sgd(max_learning_rate=-1.0), ValueError, "max_learning_rate"),
-    (lambda: opt.polyak_sgd(variant="sps-"), ValueError, "variant"),
-    (lambda: opt.polyak_sgd(eps=-1.0), ValueError, "eps"),
+    (lambda: gc.adadelta(rho=1.0), ValueError, "rho"),
+    (lambda: gc.adadelta(eps=-1.0), ValueError, "eps"),
+    (lambda: gc.adadelta(learning_rate=-1.0), ValueError, "learning_rate"),
+    (lambda: gc.rprop(0.0), ValueError, "learning_rate"),
+    (lambda: gc.rprop(lambda c: 0.1), TypeError, "learning_rate"),
+    (lambda: gc.rprop(0.1, eta_minus=1.5), ValueError, "eta_minus"),
+    (lambda: gc.rprop(0.1, eta_plus=0.0), ValueError, "eta_plus"),
+    (lambda: gc.rprop(0.1, min_step_size=1.0, max_step_size=0.5), ValueError, "min_step_size"),
+    (lambda: gc.signum(0.1, beta=1.0), ValueError, "beta"),
+    (lambda: gc.sign_sgd(-0.1), ValueError, "learning_rate"),
+    (lambda: gc.asgd(lambd=-1.0), ValueError, "lambd"),
+    (lambda: gc.asgd(t0=float("nan")), ValueError, "t0"),
+    (lambda: gc.asgd(alpha=-0.5), ValueError, "alpha"),
+    (lambda: gc.noisy_sgd(0.1, eta=-1.0), ValueError, "eta"),
+    (lambda: gc.noisy_sgd(0.1, gamma=-1.0), ValueError, "gamma"),
+    (lambda: gc.noisy_sgd(0.1, key="seed"), TypeError, "key"),
+    (lambda: gc.optimistic_gradient_descent(0.1, alpha=float("inf")), ValueError, "alpha"),
+    (lambda: gc.optimistic_adam(lambda c: 0.1), TypeError, "learning_rate"),
+    (lambda: gc.optimistic_adam(1e-2, b2=1.5), ValueError, "b2"),
+    (lambda: gc.polyak_sgd(max_learning_rate=-1.0), ValueError, "max_learning_rate"),
+    (lambda: gc.polyak_sgd(variant="sps-"), ValueError, "variant"),
+    (lambda: gc.polyak_sgd(eps=-1.0), ValueError, "eps"),
 ]
 
 
@@ -569,15 +567,15 @@ def test_bad_hyperparameters(make, error, name):
 
 # Bytes of optimizer state per float32 parameter (per-parameter buffers only; scalars are O(1)).
 STATE_BYTES = [
-    ("adadelta", lambda: opt.adadelta(), 8),
-    ("rprop", lambda: opt.rprop(0.01), 5),
-    ("sign_sgd", lambda: opt.sign_sgd(0.01), 0),
-    ("signum", lambda: opt.signum(0.01), 4),
-    ("asgd", lambda: opt.asgd(), 4),
-    ("noisy_sgd", lambda: opt.noisy_sgd(0.01), 0),
-    ("ogd", lambda: opt.optimistic_gradient_descent(0.01), 4),
-    ("optimistic_adam", lambda: opt.optimistic_adam(0.01), 12),
-    ("polyak_sgd", lambda: opt.polyak_sgd(), 0),
+    ("adadelta", lambda: gc.adadelta(), 8),
+    ("rprop", lambda: gc.rprop(0.01), 5),
+    ("sign_sgd", lambda: gc.sign_sgd(0.01), 0),
+    ("signum", lambda: gc.signum(0.01), 4),
+    ("asgd", lambda: gc.asgd(), 4),
+    ("noisy_sgd", lambda: gc.noisy_sgd(0.01), 0),
+    ("ogd", lambda: gc.optimistic_gradient_descent(0.01), 4),
+    ("optimistic_adam", lambda: gc.optimistic_adam(0.01), 12),
+    ("polyak_sgd", lambda: gc.polyak_sgd(), 0),
 ]
 
 

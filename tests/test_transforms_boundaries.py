@@ -6,7 +6,7 @@ cases of tests/test_transforms_scaling.py, _momentum.py, _adaptive.py, _weight_d
 _clipping.py, which compare the numbers):
 
 - bad hyperparameters raise `ValueError` or `TypeError` naming the argument;
-- integer or boolean params raise `TypeError` at `init`, naming the leaf (`['b']`);
+- integer or boolean params raise `TypeError` at `init`, naming the leaf (`b`);
 - integer or boolean updates raise `TypeError` naming the leaf;
 - updates whose tree does not match the state (or the params) raise `ValueError` naming the leaf;
 - an int32 step count saturates at 2^31 - 1 instead of wrapping, and the updates stay finite (and,
@@ -227,7 +227,7 @@ BAD_PARAMS = [
 
 @pytest.mark.parametrize("make, bad", BAD_PARAMS, ids=_ids(BAD_PARAMS))
 def test_integer_or_boolean_params_raise_at_init(make: Call, bad):
-    with pytest.raises(TypeError, match=r"\['b'\]"):
+    with pytest.raises(TypeError, match=r"leaf b\b"):
         make().init({"a": jnp.ones(2), "b": bad})
 
 
@@ -239,7 +239,7 @@ BAD_UPDATES = [(make, INT32) for make in SCALING] + [(make, bad) for make in CLI
 def test_integer_or_boolean_updates_raise(make: Call, bad):
     tx = make()
     params = {"a": jnp.ones(2), "b": jnp.ones(3)}
-    with pytest.raises(TypeError, match=r"\['b'\]"):
+    with pytest.raises(TypeError, match=r"leaf b\b"):
         tx.update({"a": jnp.ones(2), "b": bad}, tx.init(params), params)
 
 
@@ -248,11 +248,11 @@ def test_integer_or_boolean_updates_raise(make: Call, bad):
 # the leaf: (updates, pattern)
 
 MISMATCHED_UPDATES = {
-    "shape": ({"a": jnp.ones(2), "b": jnp.ones(4)}, r"\['b'\].*\(4,\).*\(3,\)"),  # a leaf of another shape
-    "missing": ({"a": jnp.ones(2)}, r"\['b'\]"),
-    "extra": ({"a": jnp.ones(2), "b": jnp.ones(3), "c": jnp.ones(1)}, r"\['c'\]"),
-    "renamed": ({"a": jnp.ones(2), "x": jnp.ones(3)}, r"\['x'\]"),
-    "container": ([jnp.ones(2), jnp.ones(3)], r"\['a'\]"),  # a list for a dict
+    "shape": ({"a": jnp.ones(2), "b": jnp.ones(4)}, r"leaf b has shape \(4,\).*\(3,\)"),  # a leaf of another shape
+    "missing": ({"a": jnp.ones(2)}, r"(leaf |: )b\b"),
+    "extra": ({"a": jnp.ones(2), "b": jnp.ones(3), "c": jnp.ones(1)}, r"(leaf |: )c\b"),
+    "renamed": ({"a": jnp.ones(2), "x": jnp.ones(3)}, r"(leaf |: )x\b"),
+    "container": ([jnp.ones(2), jnp.ones(3)], r"(leaf |: )a\b"),  # a list for a dict
 }
 # (ingredient, kind of mismatch, whether `update` gets the params: weight decay reads them, so its
 # updates are checked against the params; the others keep the tree in their state)

@@ -206,9 +206,9 @@ def test_complex_params(case: Case):
 
 def test_clip_by_value_rejects_complex_updates_naming_the_leaf():
     tx = gc.clip(1.0)
-    with pytest.raises(TypeError, match=r"\['b'\]"):
+    with pytest.raises(TypeError, match=r"leaf b\b"):
         tx.update({"a": jnp.ones(2), "b": jnp.ones(2, jnp.complex64)}, tx.init({"a": jnp.ones(2), "b": jnp.ones(2)}))
-    with pytest.raises(TypeError, match=r"\['b'\]"):
+    with pytest.raises(TypeError, match=r"leaf b\b"):
         tx.init({"a": jnp.ones(2), "b": jnp.ones(2, jnp.complex64)})
 
 

@@ -19,7 +19,7 @@ def _grads(bad_leaf: str | None, value: float):
     return grads
 
 
-@pytest.mark.parametrize(("leaf", "path"), [("w", "['layer']['w']"), ("scale", "['scale']")])
+@pytest.mark.parametrize(("leaf", "path"), [("w", "layer/w"), ("scale", "scale")])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_eager_raises_naming_the_leaf(leaf, path, value):
     tx = gc.chain(gc.check_finite(), gc.adam(1e-3))
@@ -32,7 +32,7 @@ def test_jit_raises_naming_the_leaf():
     tx = gc.chain(gc.check_finite(), gc.adam(1e-3))
     state = tx.init(PARAMS)
     step = jax.jit(tx.update)
-    with pytest.raises(jax.errors.JaxRuntimeError, match=r"FloatingPointError.*\['layer'\]\['w'\]"):
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"FloatingPointError.*layer/w"):
         updates, _ = step(_grads("w", np.nan), state, PARAMS)
         jax.block_until_ready(updates)
 

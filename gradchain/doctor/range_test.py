@@ -16,7 +16,7 @@ import numpy as np
 
 from gradchain._base import GradientTransformation, apply_updates
 from gradchain._checks import check_int
-from gradchain._hyperparams import float_dtype
+from gradchain._numerics import float_dtype
 
 __all__ = ["LRRangeResult", "lr_range_test"]
 

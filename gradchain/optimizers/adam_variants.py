@@ -14,8 +14,8 @@ import jax
 from jax.typing import DTypeLike
 
 from gradchain._base import GradientTransformation
-from gradchain._checks import check
-from gradchain.optimizers.classic import _recipe
+from gradchain._checks import Check, check
+from gradchain.optimizers.classic import recipe
 from gradchain.transforms.adam_variants import (
     scale_by_adan,
     scale_by_belief,
@@ -94,7 +94,7 @@ def adabelief(
         Zhuang, Tang, Ding, Tatikonda, Dvornek, Papademetris & Duncan, *AdaBelief Optimizer: Adapting
         Stepsizes by the Belief in Observed Gradients*, NeurIPS 2020.
     """
-    return _recipe(
+    return recipe(
         scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         None if weight_decay is None else add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
@@ -160,7 +160,7 @@ def yogi(
     References:
         Zaheer, Reddi, Sachan, Kale & Kumar, *Adaptive Methods for Nonconvex Optimization*, NeurIPS 2018.
     """
-    return _recipe(
+    return recipe(
         scale_by_yogi(b1, b2, eps, eps_root, initial_accumulator_value, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
         pack=pack,
@@ -250,9 +250,9 @@ def radam(
         raise TypeError(f"radam: decoupled_weight_decay must be a bool, got {decoupled_weight_decay!r}")
     decay = None
     if weight_decay is not None:
-        check("radam: weight_decay", weight_decay, "nonnegative")
+        check("radam: weight_decay", weight_decay, Check.NONNEGATIVE)
         decay = (add_decayed_weights if decoupled_weight_decay else add_l2_regularization)(weight_decay, mask)
-    return _recipe(
+    return recipe(
         None if decoupled_weight_decay else decay,
         scale_by_radam(
             b1,
@@ -334,7 +334,7 @@ def adan(
         Xie, Zhou, Li, Lin & Yan, *Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing
         Deep Models*, IEEE TPAMI 2024 (arXiv 2208.06677, 2022).
     """
-    return _recipe(
+    return recipe(
         scale_by_adan(b1, b2, b3, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         None if weight_decay is None else add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
@@ -409,8 +409,8 @@ def novograd(
         arXiv 1905.11286, 2019.
     """
     # Checked here so that the message names novograd's b1, not trace's decay.
-    check("novograd: b1", b1, "unit_interval")
-    return _recipe(
+    check("novograd: b1", b1, Check.UNIT_INTERVAL)
+    return recipe(
         scale_by_novograd(b2, eps, eps_root, nu_dtype=nu_dtype),
         None if weight_decay is None else add_decayed_weights(weight_decay, mask),
         trace(b1, accumulator_dtype=mu_dtype),

@@ -17,8 +17,9 @@ import jax
 from jax.typing import DTypeLike
 
 from gradchain import schedules
-from gradchain._base import GradientTransformation, chain
-from gradchain._checks import check
+from gradchain._base import GradientTransformation
+from gradchain._checks import Check, check
+from gradchain._combine import chain
 from gradchain.transforms.adaptive import (
     scale_by_adam,
     scale_by_adamax,
@@ -34,7 +35,7 @@ from gradchain.transforms.weight_decay import add_decayed_weights, add_l2_regula
 Scalar = float | jax.Array
 
 
-def _recipe(*parts: GradientTransformation | None, pack: bool | None) -> GradientTransformation:
+def recipe(*parts: GradientTransformation | None, pack: bool | None) -> GradientTransformation:
     return chain(*(p for p in parts if p is not None), pack=pack)
 
 
@@ -97,8 +98,8 @@ def sgd(
         raise ValueError("sgd: nesterov and dampening need a momentum value; got momentum=None")
     # Checked here too so the message names the optimizer's argument, not trace's `decay`.
     if momentum is not None:
-        check("sgd: momentum", momentum, "unit_interval")
-    return _recipe(
+        check("sgd: momentum", momentum, Check.UNIT_INTERVAL)
+    return recipe(
         _l2(weight_decay),
         None if momentum is None else trace(momentum, nesterov, dampening, accumulator_dtype),
         scale_by_learning_rate(learning_rate),
@@ -152,11 +153,11 @@ def adagrad(
         Duchi, Hazan & Singer, JMLR 2011.
     """
     if lr_decay is not None:
-        check("adagrad: lr_decay", lr_decay, "nonnegative")
+        check("adagrad: lr_decay", lr_decay, Check.NONNEGATIVE)
         if callable(learning_rate):
             raise ValueError("adagrad: lr_decay needs a constant learning_rate; fold the decay into the schedule")
         learning_rate = schedules.inverse_time_decay(learning_rate, lr_decay)
-    return _recipe(
+    return recipe(
         _l2(weight_decay),
         scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=eps_in_sqrt),
         scale_by_learning_rate(learning_rate),
@@ -221,8 +222,8 @@ def rmsprop(
     if momentum is None and nesterov:
         raise ValueError("rmsprop: nesterov needs a momentum value; got momentum=None")
     if momentum is not None:
-        check("rmsprop: momentum", momentum, "unit_interval")
-    return _recipe(
+        check("rmsprop: momentum", momentum, Check.UNIT_INTERVAL)
+    return recipe(
         _l2(weight_decay),
         scale_by_rms(
             decay, eps, initial_scale, eps_in_sqrt=eps_in_sqrt, centered=centered, bias_correction=bias_correction
@@ -289,7 +290,7 @@ def adam(
     References:
         Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
     """
-    return _recipe(
+    return recipe(
         _l2(weight_decay),
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov),
         scale_by_learning_rate(learning_rate),
@@ -411,7 +412,7 @@ def nadam(
     References:
         Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016.
     """
-    return _recipe(
+    return recipe(
         _l2(weight_decay),
         _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay),
         scale_by_learning_rate(learning_rate),
@@ -540,7 +541,7 @@ def amsgrad(
     References:
         Reddi, Kale & Kumar, ICLR 2018.
     """
-    return _recipe(
+    return recipe(
         _l2(weight_decay),
         scale_by_amsgrad(
             b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, debias_before_max=debias_before_max
@@ -592,7 +593,7 @@ def adamax(
     References:
         Kingma & Ba, ICLR 2015, section 7.1.
     """
-    return _recipe(_l2(weight_decay), scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate), pack=pack)
+    return recipe(_l2(weight_decay), scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate), pack=pack)
 
 
 def adamaxw(

@@ -13,8 +13,8 @@ from typing import Any
 import jax
 
 from gradchain._base import GradientTransformation
-from gradchain._checks import check
-from gradchain.optimizers.classic import _recipe
+from gradchain._checks import Check, check
+from gradchain.optimizers.classic import recipe
 from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.transforms.layerwise import scale_by_fromage_step, scale_by_sm3, scale_by_trust_ratio
 from gradchain.transforms.momentum import trace
@@ -92,16 +92,16 @@ def lars(
     References:
         You, Gitman & Ginsburg, *Large Batch Training of Convolutional Networks*, 2017.
     """
-    check("lars: trust_coefficient", trust_coefficient, "nonnegative")
-    check("lars: eps", eps, "nonnegative")
+    check("lars: trust_coefficient", trust_coefficient, Check.NONNEGATIVE)
+    check("lars: eps", eps, Check.NONNEGATIVE)
     if momentum is not None:
-        check("lars: momentum", momentum, "unit_interval")
+        check("lars: momentum", momentum, Check.UNIT_INTERVAL)
     elif nesterov:
         raise ValueError("lars: nesterov needs a momentum value; got momentum=None")
     if weight_decay is not None:
-        check("lars: weight_decay", weight_decay, "nonnegative")
+        check("lars: weight_decay", weight_decay, Check.NONNEGATIVE)
     trust = scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps)
-    return _recipe(
+    return recipe(
         None if weight_decay is None else add_decayed_weights(weight_decay, _all_or(weight_decay_mask)),
         trust if trust_ratio_mask is True else masked(trust, trust_ratio_mask),
         scale_by_learning_rate(learning_rate),
@@ -177,8 +177,8 @@ def lamb(
         Optimization for Deep Learning: Training BERT in 76 minutes*, ICLR 2020.
     """
     if weight_decay is not None:
-        check("lamb: weight_decay", weight_decay, "nonnegative")
-    return _recipe(
+        check("lamb: weight_decay", weight_decay, Check.NONNEGATIVE)
+    return recipe(
         scale_by_adam(b1, b2, eps, eps_root),
         None if weight_decay is None else add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(),
@@ -231,7 +231,7 @@ def fromage(
         Bernstein, Vahdat, Yue & Liu, *On the distance between two neural networks and the stability
         of learning*, NeurIPS 2020.
     """
-    return _recipe(scale_by_trust_ratio(min_norm), scale_by_fromage_step(learning_rate), pack=pack)
+    return recipe(scale_by_trust_ratio(min_norm), scale_by_fromage_step(learning_rate), pack=pack)
 
 
 def sm3(learning_rate: ScalarOrSchedule, momentum: Scalar = 0.9, *, pack: bool | None = None) -> GradientTransformation:
@@ -275,5 +275,5 @@ def sm3(learning_rate: ScalarOrSchedule, momentum: Scalar = 0.9, *, pack: bool |
     References:
         Anil, Gupta, Koren & Singer, *Memory-Efficient Adaptive Optimization*, NeurIPS 2019.
     """
-    check("sm3: momentum", momentum, "unit_interval")
-    return _recipe(scale_by_sm3(b1=momentum), scale_by_learning_rate(learning_rate), pack=pack)
+    check("sm3: momentum", momentum, Check.UNIT_INTERVAL)
+    return recipe(scale_by_sm3(b1=momentum), scale_by_learning_rate(learning_rate), pack=pack)

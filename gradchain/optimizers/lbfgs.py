@@ -17,15 +17,15 @@ import jax.numpy as jnp
 
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation, OptState, Params, Updates, apply_updates
-from gradchain._checks import check_int
-from gradchain._lift import check_leaf_dtypes, saturating_increment
-from gradchain.optimizers.classic import _recipe
+from gradchain._checks import check_int, check_leaf_dtypes
+from gradchain._numerics import safe_increment
+from gradchain.optimizers.classic import recipe
 from gradchain.transforms.linesearch import (
-    _scalar_dtype,
-    _vdot,
     find_linesearch_state,
+    scalar_dtype,
     scale_by_zoom_linesearch,
     value_and_grad_from_state,
+    vdot,
 )
 from gradchain.transforms.scaling import ScalarOrSchedule, scale, scale_by_learning_rate
 
@@ -120,7 +120,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
             updates=jax.tree.map(jnp.zeros_like, params),
             diff_params_memory=jax.tree.map(lambda p: jnp.zeros((m, *p.shape), p.dtype), params),
             diff_updates_memory=jax.tree.map(lambda p: jnp.zeros((m, *p.shape), p.dtype), params),
-            weights_memory=jnp.zeros((m,), _scalar_dtype(params)),
+            weights_memory=jnp.zeros((m,), scalar_dtype(params)),
         )
 
     def update(updates, state, params=None, **extra_args):
@@ -136,7 +136,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
         # 1. The new pair (zero on the first step, when there is no previous point).
         s = jax.tree.map(lambda p, q: jnp.where(first, 0, p - q).astype(q.dtype), params, state.params)
         y = jax.tree.map(lambda g, h: jnp.where(first, 0, g - h).astype(h.dtype), updates, state.updates)
-        sy = _vdot(s, y, dtype)
+        sy = vdot(s, y, dtype)
         rho = jnp.where(sy == 0.0, 0.0, 1.0 / sy)
         s_mem = jax.tree.map(lambda mem, x: mem.at[newest].set(x), state.diff_params_memory, s)
         y_mem = jax.tree.map(lambda mem, x: mem.at[newest].set(x), state.diff_updates_memory, y)
@@ -144,7 +144,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
 
         # 2. The scaling of the initial inverse Hessian.
         if scale_init_precond:
-            yy = _vdot(y, y, dtype)
+            yy = vdot(y, y, dtype)
             gamma = jnp.where(yy > 0.0, sy / yy, 1.0)
             # No pair yet: a first step of length at most 1 (a trust region, not in the references).
             gamma = jnp.where(first, jnp.minimum(1.0, 1.0 / tree_util.global_norm(updates).astype(dtype)), gamma)
@@ -159,13 +159,13 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
 
         def backward(q, i):
             s_i, y_i = pair(i)
-            alpha = rhos[i] * _vdot(s_i, q, dtype)
+            alpha = rhos[i] * vdot(s_i, q, dtype)
             return _axpy(-alpha, y_i, q), alpha
 
         def forward(r, i_alpha):
             i, alpha = i_alpha
             s_i, y_i = pair(i)
-            beta = rhos[i] * _vdot(y_i, r, dtype)
+            beta = rhos[i] * vdot(y_i, r, dtype)
             return _axpy(alpha - beta, s_i, r), None
 
         q, alphas = jax.lax.scan(backward, updates, order, reverse=True)
@@ -173,7 +173,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
         direction, _ = jax.lax.scan(forward, r, (order, alphas))
 
         new_state = ScaleByLbfgsState(
-            count=saturating_increment(state.count),
+            count=safe_increment(state.count),
             params=params,
             updates=updates,
             diff_params_memory=s_mem,
@@ -247,7 +247,7 @@ def lbfgs(
         Mathematical Programming, 1989; Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006,
         algorithms 3.5, 3.6, 7.4 and 7.5.
     """
-    return _recipe(
+    return recipe(
         scale_by_lbfgs(memory_size, scale_init_precond),
         scale(-1.0) if learning_rate is None else scale_by_learning_rate(learning_rate),
         linesearch,

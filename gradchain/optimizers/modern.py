@@ -15,9 +15,8 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from gradchain._base import GradientTransformation
-from gradchain._checks import check, check_int
-from gradchain._lift import check_state_dtype
-from gradchain.optimizers.classic import _recipe
+from gradchain._checks import Check, check, check_int, check_state_dtype
+from gradchain.optimizers.classic import recipe
 from gradchain.transforms.clipping import clip_by_block_rms
 from gradchain.transforms.factored import scale_by_factored_rms, scale_by_param_block_rms
 from gradchain.transforms.momentum import ema
@@ -83,7 +82,7 @@ def lion(
         Chen, Liang, Huang, Real, Wang, Pham, Dong, Luong, Hsieh, Lu & Le, *Symbolic Discovery of
         Optimization Algorithms*, NeurIPS 2023.
     """
-    return _recipe(
+    return recipe(
         scale_by_lion(b1, b2, mu_dtype),
         None if weight_decay is None else add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
@@ -186,16 +185,16 @@ def adafactor(
     # Checked here too, so that a message names adafactor's argument, not the ingredient's.
     min_dim_size_to_factor = check_int("adafactor: min_dim_size_to_factor", min_dim_size_to_factor)
     decay_offset = check_int("adafactor: decay_offset", decay_offset)
-    check("adafactor: decay_rate", decay_rate, "closed_unit_interval")
-    check("adafactor: eps", eps, "nonnegative")
+    check("adafactor: decay_rate", decay_rate, Check.CLOSED_UNIT_INTERVAL)
+    check("adafactor: eps", eps, Check.NONNEGATIVE)
     if clipping_threshold is not None:
-        check("adafactor: clipping_threshold", clipping_threshold, "nonnegative")
+        check("adafactor: clipping_threshold", clipping_threshold, Check.NONNEGATIVE)
     if momentum is not None:
-        check("adafactor: momentum", momentum, "unit_interval")
+        check("adafactor: momentum", momentum, Check.UNIT_INTERVAL)
         check_state_dtype("adafactor", "dtype_momentum", dtype_momentum)
     if weight_decay_rate is not None:
-        check("adafactor: weight_decay_rate", weight_decay_rate, "nonnegative")
-    return _recipe(
+        check("adafactor: weight_decay_rate", weight_decay_rate, Check.NONNEGATIVE)
+    return recipe(
         scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps),
         None if clipping_threshold is None else clip_by_block_rms(clipping_threshold),
         None if learning_rate is None else scale_by_learning_rate(learning_rate, flip_sign=False),

@@ -13,8 +13,8 @@ import jax
 from jax.typing import DTypeLike
 
 from gradchain._base import GradientTransformation
-from gradchain._checks import check
-from gradchain.optimizers.classic import _recipe
+from gradchain._checks import Check, check
+from gradchain.optimizers.classic import recipe
 from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.transforms.momentum import ema
 from gradchain.transforms.scaling import ScalarOrSchedule, scale, scale_by_learning_rate
@@ -99,7 +99,7 @@ def adadelta(
     References:
         Zeiler, *ADADELTA: An Adaptive Learning Rate Method*, arXiv:1212.5701, 2012.
     """
-    return _recipe(
+    return recipe(
         None if weight_decay is None else add_l2_regularization(weight_decay, weight_decay_mask),
         scale_by_adadelta(rho, eps),
         scale_by_learning_rate(learning_rate),
@@ -161,7 +161,7 @@ def rprop(
         Riedmiller & Braun, *A direct adaptive method for faster backpropagation learning: the
         RPROP algorithm*, ICNN 1993.
     """
-    return _recipe(
+    return recipe(
         scale_by_rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size),
         scale(-1.0),
         pack=pack,
@@ -197,7 +197,7 @@ def sign_sgd(learning_rate: ScalarOrSchedule, *, pack: bool | None = None) -> Gr
         Bernstein, Wang, Azizzadenesheli & Anandkumar, *signSGD: Compressed Optimisation for
         Non-Convex Problems*, ICML 2018.
     """
-    return _recipe(scale_by_sign(), scale_by_learning_rate(learning_rate), pack=pack)
+    return recipe(scale_by_sign(), scale_by_learning_rate(learning_rate), pack=pack)
 
 
 def signum(
@@ -240,8 +240,8 @@ def signum(
         Bernstein, Wang, Azizzadenesheli & Anandkumar, *signSGD: Compressed Optimisation for
         Non-Convex Problems*, ICML 2018.
     """
-    check("signum: beta", beta, "unit_interval")
-    return _recipe(
+    check("signum: beta", beta, Check.UNIT_INTERVAL)
+    return recipe(
         ema(beta, debias=False, accumulator_dtype=accumulator_dtype),
         scale_by_sign(),
         scale_by_learning_rate(learning_rate),
@@ -300,7 +300,7 @@ def asgd(
         Polyak & Juditsky, *Acceleration of stochastic approximation by averaging*, SIAM J. Control
         Optim. 1992.
     """
-    return _recipe(
+    return recipe(
         None if weight_decay is None else add_l2_regularization(weight_decay),
         scale_by_asgd(learning_rate, lambd, alpha, t0),
         pack=pack,
@@ -355,7 +355,7 @@ def noisy_sgd(
         Neelakantan et al., *Adding Gradient Noise Improves Learning for Very Deep Networks*,
         arXiv:1511.06807, 2015.
     """
-    return _recipe(add_noise(eta, gamma, key), scale_by_learning_rate(learning_rate), pack=pack)
+    return recipe(add_noise(eta, gamma, key), scale_by_learning_rate(learning_rate), pack=pack)
 
 
 def optimistic_gradient_descent(
@@ -402,7 +402,7 @@ def optimistic_gradient_descent(
     References:
         Daskalakis, Ilyas, Syrgkanis & Zeng, *Training GANs with Optimism*, ICLR 2018.
     """
-    return _recipe(scale_by_optimistic_gradient(alpha, beta), scale_by_learning_rate(learning_rate), pack=pack)
+    return recipe(scale_by_optimistic_gradient(alpha, beta), scale_by_learning_rate(learning_rate), pack=pack)
 
 
 def optimistic_adam(
@@ -469,11 +469,11 @@ def optimistic_adam(
             "optimistic_adam: learning_rate must be a number (it also sets the default optimism); for a "
             "schedule, chain scale_by_adam, scale_by_optimistic_gradient and scale_by_learning_rate"
         )
-    check("optimistic_adam: learning_rate", learning_rate, "nonnegative")
+    check("optimistic_adam: learning_rate", learning_rate, Check.NONNEGATIVE)
     if optimism is None:
         optimism = learning_rate
-    check("optimistic_adam: optimism", optimism, "finite")
-    return _recipe(
+    check("optimistic_adam: optimism", optimism, Check.FINITE)
+    return recipe(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
         scale_by_optimistic_gradient(alpha=learning_rate, beta=optimism),
         scale(-1.0),
@@ -534,7 +534,7 @@ def polyak_sgd(
         Loizou, Vaswani, Laradji & Lacoste-Julien, *Stochastic Polyak Step-size for SGD: An Adaptive
         Learning Rate for Fast Convergence*, AISTATS 2021.
     """
-    return _recipe(
+    return recipe(
         scale_by_polyak(f_min, max_learning_rate, eps, variant),
         scale_by_learning_rate(scaling),
         pack=pack,

@@ -8,15 +8,15 @@ from collections.abc import Iterable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from gradchain._checks import check_int, concrete_float
+from gradchain._checks import Check, check_int, concrete_float
 from gradchain.schedules._common import (
     Schedule,
-    _check_bool,
-    _check_value,
-    _finish,
-    _float_steps,
-    _geometric,
-    _linear_weights,
+    check_bool,
+    check_value,
+    finish,
+    float_steps,
+    geometric,
+    linear_weights,
 )
 
 
@@ -39,10 +39,10 @@ def constant_schedule(value: jax.typing.ArrayLike) -> Schedule:
         assert float(sched(0)) == float(sched(10_000))
         ```
     """
-    _check_value("value", value)
+    check_value("value", value)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        return _finish(value, jnp.asarray(step))
+        return finish(value, jnp.asarray(step))
 
     return schedule
 
@@ -82,15 +82,15 @@ def linear_schedule(
         assert float(sched(50)) == 0.0
         ```
     """
-    _check_value("init_value", init_value)
-    _check_value("end_value", end_value)
+    check_value("init_value", init_value)
+    check_value("end_value", end_value)
     length = check_int("transition_steps", transition_steps, minimum=1)
     begin = check_int("transition_begin", transition_begin, minimum=0)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _float_steps(step)
-        w0, w1 = _linear_weights(t - begin, length)
-        return _finish(init_value * w0 + end_value * w1, t)
+        t = float_steps(step)
+        w0, w1 = linear_weights(t - begin, length)
+        return finish(init_value * w0 + end_value * w1, t)
 
     return schedule
 
@@ -128,21 +128,21 @@ def polynomial_schedule(
         assert abs(float(sched(5)) - 0.25) < 1e-7
         ```
     """
-    _check_value("init_value", init_value)
-    _check_value("end_value", end_value)
-    _check_value("power", power, "positive")
+    check_value("init_value", init_value)
+    check_value("end_value", end_value)
+    check_value("power", power, Check.POSITIVE)
     length = check_int("transition_steps", transition_steps, minimum=1)
     begin = check_int("transition_begin", transition_begin, minimum=0)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _float_steps(step)
+        t = float_steps(step)
         s = jnp.clip(t - begin, 0.0, length)
         remaining = (length - s) / length
         w_init = remaining**power
         # The weight of end_value is 1 - remaining**power; expm1/log1p keep it accurate near the start,
         # where the schedule rises from a small init_value towards a large end_value.
         w_end = s / length if concrete_float(power) == 1.0 else -jnp.expm1(power * jnp.log1p(-s / length))
-        return _finish(init_value * w_init + end_value * w_end, t)
+        return finish(init_value * w_init + end_value * w_end, t)
 
     return schedule
 
@@ -186,23 +186,23 @@ def exponential_decay(
         assert abs(float(step_lr(30)) - 0.1) < 1e-7
         ```
     """
-    _check_value("init_value", init_value)
+    check_value("init_value", init_value)
     length = check_int("transition_steps", transition_steps, minimum=1)
-    _check_value("decay_rate", decay_rate, "positive")
+    check_value("decay_rate", decay_rate, Check.POSITIVE)
     begin = check_int("transition_begin", transition_begin, minimum=0)
-    staircase = _check_bool("staircase", staircase)
+    staircase = check_bool("staircase", staircase)
     if end_value is not None:
-        _check_value("end_value", end_value)
+        check_value("end_value", end_value)
     # A staircase counts whole periods; a continuous decay counts steps, each a 1/length period.
-    power = _geometric(decay_rate, 1 if staircase else length)
+    power = geometric(decay_rate, 1 if staircase else length)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _float_steps(step)
+        t = float_steps(step)
         s = jnp.maximum(t - begin, 0.0)
         value = init_value * power(jnp.floor(s / length) if staircase else s)
         if end_value is not None:
             value = jnp.where(jnp.asarray(decay_rate) < 1, jnp.maximum(value, end_value), jnp.minimum(value, end_value))
-        return _finish(value, t)
+        return finish(value, t)
 
     return schedule
 
@@ -235,7 +235,7 @@ def piecewise_constant_schedule(
         assert abs(float(sched(200)) - 0.01) < 1e-8
         ```
     """
-    _check_value("init_value", init_value)
+    check_value("init_value", init_value)
     if boundaries_and_scales is None:
         boundaries_and_scales = {}
     if not isinstance(boundaries_and_scales, Mapping):
@@ -246,16 +246,16 @@ def piecewise_constant_schedule(
     items = []
     for boundary, scale in boundaries_and_scales.items():
         b = check_int(f"boundaries_and_scales key {boundary!r}", boundary, minimum=0)
-        _check_value(f"boundaries_and_scales[{boundary!r}]", scale, "nonnegative")
+        check_value(f"boundaries_and_scales[{boundary!r}]", scale, Check.NONNEGATIVE)
         items.append((b, scale))
     items.sort(key=lambda item: item[0])
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _float_steps(step)
+        t = float_steps(step)
         value = jnp.broadcast_to(jnp.asarray(init_value, dtype=float), t.shape)
         for b, scale in items:
             value = jnp.where(t >= b, value * scale, value)
-        return _finish(value, t)
+        return finish(value, t)
 
     return schedule
 
@@ -310,9 +310,9 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         t = jnp.maximum(jnp.asarray(step), 0)
-        value = _finish(fns[0](t), t)
+        value = finish(fns[0](t), t)
         for b, fn in zip(bounds, fns[1:], strict=True):
-            value = jnp.where(t < b, value, _finish(fn(t - b), t))
+            value = jnp.where(t < b, value, finish(fn(t - b), t))
         return value
 
     return schedule

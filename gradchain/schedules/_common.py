@@ -1,7 +1,7 @@
-"""Private building blocks shared by the schedule builders: argument checks and numerical helpers.
+"""Building blocks shared by the schedule builders: argument checks and numerical helpers.
 
 Every builder validates its arguments with the `_check_*` helpers (so errors name the argument and
-the value) and builds its schedule from `_float_steps`, the weight functions and `_finish`, which
+the value) and builds its schedule from `float_steps`, the weight functions and `finish`, which
 carry the conventions listed in `gradchain.schedules`.
 """
 
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain._checks import check, concrete_float
+from gradchain._checks import Check, check, concrete_float
 
 Schedule: TypeAlias = Callable[[jax.typing.ArrayLike], jax.Array]
 """A function from a step count (int or float, scalar or array) to a float array of the same shape."""
@@ -26,7 +26,7 @@ Schedule: TypeAlias = Callable[[jax.typing.ArrayLike], jax.Array]
 # Validation helpers.
 
 
-def _check_value(name: str, value: Any, kind: str = "finite") -> None:
+def check_value(name: str, value: Any, kind: str = Check.FINITE) -> None:
     # `check` lets callables through because optimizers accept schedules as hyperparameters; a
     # schedule's own parameters must be numbers (concrete or traced), so anything else is a mistake.
     number = isinstance(value, (int, float, np.number, jax.core.Tracer)) or hasattr(value, "dtype")
@@ -35,28 +35,28 @@ def _check_value(name: str, value: Any, kind: str = "finite") -> None:
     check(name, value, kind)
 
 
-def _check_concrete(name: str, value: Any, kind: str) -> float:
+def check_concrete(name: str, value: Any, kind: str) -> float:
     """Check `value` and return it as a Python float; it must be known at build time."""
-    _check_value(name, value, kind)
+    check_value(name, value, kind)
     x = concrete_float(value)
     if x is None:
         raise TypeError(f"{name} must be a concrete number (it fixes the shape of the schedule), got {value!r}")
     return x
 
 
-def _check_bool(name: str, value: Any) -> bool:
+def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}: {value!r}")
     return bool(value)
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
 
 
-def _geometric(rate: Any, per: int) -> Callable[[jax.Array], jax.Array]:
+def geometric(rate: Any, per: int) -> Callable[[jax.Array], jax.Array]:
     """Return `x -> rate ** (x / per)` for counts `x >= 0`.
 
     In float32 the exponent `x * log(rate) / per` cannot be rounded to better than about 6e-8 of its
@@ -80,17 +80,17 @@ def _geometric(rate: Any, per: int) -> Callable[[jax.Array], jax.Array]:
 # Numerical building blocks.
 
 
-def _float_steps(step: jax.typing.ArrayLike) -> jax.Array:
+def float_steps(step: jax.typing.ArrayLike) -> jax.Array:
     """The step as a float array, with negative steps clamped to 0."""
     return jnp.maximum(jnp.asarray(step, dtype=float), 0.0)
 
 
-def _finish(value: jax.typing.ArrayLike, like: jax.Array) -> jax.Array:
+def finish(value: jax.typing.ArrayLike, like: jax.Array) -> jax.Array:
     """The value as a default-float array broadcast to the step's shape."""
     return jnp.broadcast_to(jnp.asarray(value, dtype=float), jnp.shape(like))
 
 
-def _linear_weights(s: jax.Array, length: float) -> tuple[jax.Array, jax.Array]:
+def linear_weights(s: jax.Array, length: float) -> tuple[jax.Array, jax.Array]:
     """Weights of the start and end values for a linear ramp at offset `s` of `length` steps.
 
     Both weights are computed directly (rather than one as `1 - other`) so that the value near either
@@ -100,7 +100,7 @@ def _linear_weights(s: jax.Array, length: float) -> tuple[jax.Array, jax.Array]:
     return (length - s) / length, s / length
 
 
-def _cosine_weights(s: jax.Array, length: float, exponent: jax.typing.ArrayLike = 1.0) -> tuple[jax.Array, jax.Array]:
+def cosine_weights(s: jax.Array, length: float, exponent: jax.typing.ArrayLike = 1.0) -> tuple[jax.Array, jax.Array]:
     r"""Weights $(c^p, 1 - c^p)$ with $c = \tfrac12(1 + \cos(\pi s / L))$, for a cosine ramp.
 
     $\tfrac12(1 + \cos \pi f) = \sin^2(\tfrac\pi2 (1 - f))$ and
@@ -116,20 +116,20 @@ def _cosine_weights(s: jax.Array, length: float, exponent: jax.typing.ArrayLike 
     return start**exponent, -jnp.expm1(exponent * jnp.log1p(-end))
 
 
-def _interpolate(
+def interpolate(
     knots: Sequence[tuple[float, jax.typing.ArrayLike]],
     weights: Callable[[jax.Array, float], tuple[jax.Array, jax.Array]],
 ) -> Schedule:
     """Schedule through `(step, value)` knots: a zero-length segment is a jump; after the last knot, hold."""
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _float_steps(step)
+        t = float_steps(step)
         value = jnp.broadcast_to(jnp.asarray(knots[0][1], dtype=float), t.shape)
         for (b0, v0), (b1, v1) in itertools.pairwise(knots):
             if b1 > b0:
                 w0, w1 = weights(t - b0, b1 - b0)
                 value = jnp.where(t >= b0, v0 * w0 + v1 * w1, value)
         value = jnp.where(t >= knots[-1][0], knots[-1][1], value)
-        return _finish(value, t)
+        return finish(value, t)
 
     return schedule

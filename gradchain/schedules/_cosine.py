@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain._checks import check_int
+from gradchain._checks import Check, check_int
 from gradchain.schedules._basic import join_schedules
-from gradchain.schedules._common import Schedule, _check_value, _cosine_weights, _finish, _float_steps
+from gradchain.schedules._common import Schedule, check_value, cosine_weights, finish, float_steps
 from gradchain.schedules._warmup import warmup_cosine_decay_schedule
 
 
@@ -52,15 +52,15 @@ def cosine_decay_schedule(
     References:
         Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017.
     """
-    _check_value("init_value", init_value)
+    check_value("init_value", init_value)
     length = check_int("decay_steps", decay_steps, minimum=1)
-    _check_value("alpha", alpha)
-    _check_value("exponent", exponent, "positive")
+    check_value("alpha", alpha)
+    check_value("exponent", exponent, Check.POSITIVE)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _float_steps(step)
-        w0, w1 = _cosine_weights(t, length, exponent)
-        return _finish(init_value * w0 + (alpha * init_value) * w1, t)
+        t = float_steps(step)
+        w0, w1 = cosine_weights(t, length, exponent)
+        return finish(init_value * w0 + (alpha * init_value) * w1, t)
 
     return schedule
 
@@ -101,10 +101,10 @@ def cosine_warm_restarts_schedule(
     References:
         Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017.
     """
-    _check_value("init_value", init_value)
+    check_value("init_value", init_value)
     first = check_int("first_cycle_steps", first_cycle_steps, minimum=1)
     mult = check_int("cycle_mult", cycle_mult, minimum=1)
-    _check_value("min_value", min_value)
+    check_value("min_value", min_value)
 
     # Cycle starts for a growing cycle length; enough of them to cover every int32 step, which keeps
     # the table short (at most 32 entries) and exactly representable in the step's integer dtype.
@@ -119,7 +119,7 @@ def cosine_warm_restarts_schedule(
         integer = jnp.issubdtype(step.dtype, jnp.integer)
         # Integer steps stay integers until the position in the cycle is known, so that the phase is
         # exact however long training runs.
-        t = jnp.maximum(step, 0) if integer else _float_steps(step)
+        t = jnp.maximum(step, 0) if integer else float_steps(step)
         if mult == 1:
             position = jnp.asarray(t % first, dtype=float)
             length = jnp.asarray(float(first))
@@ -128,8 +128,8 @@ def cosine_warm_restarts_schedule(
             index = jnp.sum(t[..., None] >= table[1:], axis=-1)
             position = jnp.asarray(t - table[index], dtype=float)
             length = jnp.asarray(lengths, dtype=float)[index]
-        w0, w1 = _cosine_weights(position, length)
-        return _finish(init_value * w0 + min_value * w1, position)
+        w0, w1 = cosine_weights(position, length)
+        return finish(init_value * w0 + min_value * w1, position)
 
     return schedule
 

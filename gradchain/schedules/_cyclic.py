@@ -7,19 +7,19 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from gradchain._checks import check_int
+from gradchain._checks import Check, check_int
 from gradchain.schedules._common import (
     Schedule,
-    _check_bool,
-    _check_choice,
-    _check_concrete,
-    _check_value,
-    _cosine_weights,
-    _finish,
-    _float_steps,
-    _geometric,
-    _interpolate,
-    _linear_weights,
+    check_bool,
+    check_choice,
+    check_concrete,
+    check_value,
+    cosine_weights,
+    finish,
+    float_steps,
+    geometric,
+    interpolate,
+    linear_weights,
 )
 
 
@@ -33,11 +33,11 @@ def _onecycle_arguments(
 ) -> tuple[int, float, bool, jax.typing.ArrayLike, jax.typing.ArrayLike]:
     """Check the arguments both one-cycle schedules take; return them with the initial and final values."""
     steps = check_int("transition_steps", transition_steps, minimum=1)
-    _check_value("peak_value", peak_value)
-    start = _check_concrete("pct_start", pct_start, "closed_unit_interval")
-    _check_value("div_factor", div_factor, "positive")
-    _check_value("final_div_factor", final_div_factor, "positive")
-    torch_convention = _check_bool("torch_convention", torch_convention)
+    check_value("peak_value", peak_value)
+    start = check_concrete("pct_start", pct_start, Check.CLOSED_UNIT_INTERVAL)
+    check_value("div_factor", div_factor, Check.POSITIVE)
+    check_value("final_div_factor", final_div_factor, Check.POSITIVE)
+    torch_convention = check_bool("torch_convention", torch_convention)
     if torch_convention and not start * steps - 1 > 0:
         # torch's first phase ends at pct_start * total_steps - 1; at or below 0 it divides by zero
         # (or runs backwards).
@@ -101,7 +101,7 @@ def linear_onecycle_schedule(
     steps, start, torch_convention, init_value, end_value = _onecycle_arguments(
         transition_steps, peak_value, pct_start, div_factor, final_div_factor, torch_convention
     )
-    final = _check_concrete("pct_final", pct_final, "closed_unit_interval")
+    final = check_concrete("pct_final", pct_final, Check.CLOSED_UNIT_INTERVAL)
     if final < start:
         raise ValueError(f"pct_final must be >= pct_start, got pct_final={pct_final!r}, pct_start={pct_start!r}")
     if torch_convention:
@@ -116,7 +116,7 @@ def linear_onecycle_schedule(
         # int() of the products, exactly as optax computes its boundaries.
         b1, b2, b3 = int(start * steps), int(final * steps), steps
     knots = [(0.0, init_value), (b1, peak_value), (b2, init_value), (b3, end_value)]
-    return _interpolate(knots, _linear_weights)
+    return interpolate(knots, linear_weights)
 
 
 def cosine_onecycle_schedule(
@@ -175,7 +175,7 @@ def cosine_onecycle_schedule(
     else:
         b1, b2 = int(start * steps), steps
     knots = [(0.0, init_value), (b1, peak_value), (b2, end_value)]
-    return _interpolate(knots, _cosine_weights)
+    return interpolate(knots, cosine_weights)
 
 
 def cyclic_schedule(
@@ -222,13 +222,13 @@ def cyclic_schedule(
     References:
         Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017.
     """
-    _check_value("base_value", base_value)
-    _check_value("max_value", max_value)
+    check_value("base_value", base_value)
+    check_value("max_value", max_value)
     up = check_int("step_size_up", step_size_up, minimum=1)
     down = up if step_size_down is None else check_int("step_size_down", step_size_down, minimum=1)
-    mode = _check_choice("mode", mode, ("triangular", "triangular2", "exp_range"))
-    _check_value("gamma", gamma, "positive")
-    power = _geometric(gamma, 1)
+    mode = check_choice("mode", mode, ("triangular", "triangular2", "exp_range"))
+    check_value("gamma", gamma, Check.POSITIVE)
+    power = geometric(gamma, 1)
     period = up + down
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
@@ -240,7 +240,7 @@ def cyclic_schedule(
             cycle = jnp.asarray(t // period, dtype=float)
             t = jnp.asarray(t, dtype=float)
         else:
-            t = _float_steps(step)
+            t = float_steps(step)
             position = jnp.mod(t, period)
             cycle = jnp.round((t - position) / period)
         height = jnp.where(position <= up, position / up, (period - position) / down)
@@ -248,6 +248,6 @@ def cyclic_schedule(
             height = height * jnp.exp2(-cycle)
         elif mode == "exp_range":
             height = height * power(t)
-        return _finish(base_value + (max_value - base_value) * height, t)
+        return finish(base_value + (max_value - base_value) * height, t)
 
     return schedule

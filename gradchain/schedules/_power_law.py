@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradchain._checks import check_int
-from gradchain.schedules._common import Schedule, _check_bool, _check_value, _finish, _float_steps
+from gradchain._checks import Check, check_int
+from gradchain.schedules._common import Schedule, check_bool, check_value, finish, float_steps
 
 
 def inverse_sqrt_schedule(
@@ -44,19 +44,19 @@ def inverse_sqrt_schedule(
     References:
         Vaswani et al., "Attention Is All You Need", NeurIPS 2017.
     """
-    _check_value("peak_value", peak_value)
+    check_value("peak_value", peak_value)
     warmup = check_int("warmup_steps", warmup_steps, minimum=0)
     if timescale is None:
         timescale = max(warmup, 1)
     else:
-        _check_value("timescale", timescale, "positive")
+        check_value("timescale", timescale, Check.POSITIVE)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _float_steps(step)
+        t = float_steps(step)
         value = peak_value / jnp.sqrt(1.0 + jnp.maximum(t - warmup, 0.0) / timescale)
         if warmup > 0:
             value = jnp.where(t < warmup, peak_value * (t / warmup), value)
-        return _finish(value, t)
+        return finish(value, t)
 
     return schedule
 
@@ -93,13 +93,13 @@ def power_law_schedule(
     References:
         Robbins & Monro, "A Stochastic Approximation Method", Ann. Math. Statist. 1951.
     """
-    _check_value("init_value", init_value)
-    _check_value("tau", tau, "positive")
-    _check_value("alpha", alpha, "nonnegative")
+    check_value("init_value", init_value)
+    check_value("tau", tau, Check.POSITIVE)
+    check_value("alpha", alpha, Check.NONNEGATIVE)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _float_steps(step)
-        return _finish(init_value * jnp.exp(-alpha * jnp.log1p(t / tau)), t)
+        t = float_steps(step)
+        return finish(init_value * jnp.exp(-alpha * jnp.log1p(t / tau)), t)
 
     return schedule
 
@@ -137,16 +137,16 @@ def inverse_time_decay(
         assert abs(float(sched(20)) - 0.5) < 1e-7
         ```
     """
-    _check_value("init_value", init_value)
-    _check_value("decay_rate", decay_rate, "nonnegative")
+    check_value("init_value", init_value)
+    check_value("decay_rate", decay_rate, Check.NONNEGATIVE)
     length = check_int("decay_steps", decay_steps, minimum=1)
-    staircase = _check_bool("staircase", staircase)
+    staircase = check_bool("staircase", staircase)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _float_steps(step)
+        t = float_steps(step)
         k = t / length
         if staircase:
             k = jnp.floor(k)
-        return _finish(init_value / (1.0 + decay_rate * k), t)
+        return finish(init_value / (1.0 + decay_rate * k), t)
 
     return schedule

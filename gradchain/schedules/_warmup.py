@@ -8,16 +8,16 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from gradchain._checks import check_int
+from gradchain._checks import Check, check_int
 from gradchain.schedules._basic import exponential_decay
 from gradchain.schedules._common import (
     Schedule,
-    _check_choice,
-    _check_value,
-    _cosine_weights,
-    _finish,
-    _float_steps,
-    _linear_weights,
+    check_choice,
+    check_value,
+    cosine_weights,
+    finish,
+    float_steps,
+    linear_weights,
 )
 
 
@@ -29,8 +29,8 @@ def _check_warmup_decay(
     end_value: jax.typing.ArrayLike,
 ) -> tuple[int, int]:
     """Check the arguments of a warmup plus decay of `decay_steps` in all; return (warmup, decay length)."""
-    _check_value("init_value", init_value)
-    _check_value("peak_value", peak_value)
+    check_value("init_value", init_value)
+    check_value("peak_value", peak_value)
     warmup = check_int("warmup_steps", warmup_steps, minimum=0)
     total = check_int("decay_steps", decay_steps, minimum=1)
     if total <= warmup:
@@ -38,7 +38,7 @@ def _check_warmup_decay(
             f"decay_steps must be > warmup_steps (it counts the warmup too), got decay_steps={total}, "
             f"warmup_steps={warmup}"
         )
-    _check_value("end_value", end_value)
+    check_value("end_value", end_value)
     return warmup, total - warmup
 
 
@@ -70,12 +70,12 @@ def _warmup_then(
     """
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _float_steps(step)
+        t = float_steps(step)
         value = decay(t)
         if warmup > 0:
-            u0, u1 = _linear_weights(t, warmup)
+            u0, u1 = linear_weights(t, warmup)
             value = jnp.where(t < warmup, init_value * u0 + peak_value * u1, value)
-        return _finish(value, t)
+        return finish(value, t)
 
     return schedule
 
@@ -122,8 +122,8 @@ def warmup_cosine_decay_schedule(
         Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017.
     """
     warmup, length = _check_warmup_decay(init_value, peak_value, warmup_steps, decay_steps, end_value)
-    _check_value("exponent", exponent, "positive")
-    decay = _blend(peak_value, end_value, warmup, lambda s: _cosine_weights(s, length, exponent))
+    check_value("exponent", exponent, Check.POSITIVE)
+    decay = _blend(peak_value, end_value, warmup, lambda s: cosine_weights(s, length, exponent))
     return _warmup_then(init_value, peak_value, warmup, decay)
 
 
@@ -163,7 +163,7 @@ def warmup_linear_decay_schedule(
         ```
     """
     warmup, length = _check_warmup_decay(init_value, peak_value, warmup_steps, decay_steps, end_value)
-    decay = _blend(peak_value, end_value, warmup, lambda s: _linear_weights(s, length))
+    decay = _blend(peak_value, end_value, warmup, lambda s: linear_weights(s, length))
     return _warmup_then(init_value, peak_value, warmup, decay)
 
 
@@ -208,8 +208,8 @@ def warmup_exponential_decay_schedule(
         assert abs(float(sched(20)) - 0.5) < 1e-6
         ```
     """
-    _check_value("init_value", init_value)
-    _check_value("peak_value", peak_value)  # before exponential_decay, which would call it init_value
+    check_value("init_value", init_value)
+    check_value("peak_value", peak_value)  # before exponential_decay, which would call it init_value
     warmup = check_int("warmup_steps", warmup_steps, minimum=0)
     decay = exponential_decay(
         peak_value,
@@ -269,20 +269,20 @@ def warmup_stable_decay_schedule(
         Strategies", 2024 (WSD). Hägele et al., "Scaling Laws and Compute-Optimal Training Beyond Fixed
         Training Durations", 2024 (1 - sqrt decay).
     """
-    _check_value("peak_value", peak_value)
+    check_value("peak_value", peak_value)
     warmup = check_int("warmup_steps", warmup_steps, minimum=0)
     stable = check_int("stable_steps", stable_steps, minimum=0)
     length = check_int("decay_steps", decay_steps, minimum=1)
-    _check_value("init_value", init_value)
-    _check_value("end_value", end_value)
-    kind = _check_choice("decay_type", decay_type, ("linear", "cosine", "sqrt"))
+    check_value("init_value", init_value)
+    check_value("end_value", end_value)
+    kind = check_choice("decay_type", decay_type, ("linear", "cosine", "sqrt"))
     start = warmup + stable
 
     def decay_weights(s: jax.Array) -> tuple[jax.Array, jax.Array]:
         if kind == "linear":
-            return _linear_weights(s, length)
+            return linear_weights(s, length)
         if kind == "cosine":
-            return _cosine_weights(s, length)
+            return cosine_weights(s, length)
         s = jnp.clip(s, 0.0, length)
         root = jnp.sqrt(s / length)
         # 1 - sqrt(f) = (1 - f) / (1 + sqrt(f)) keeps its precision as f -> 1.

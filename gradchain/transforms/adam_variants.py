@@ -19,19 +19,11 @@ from jax.typing import DTypeLike
 
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation, Updates
-from gradchain._checks import check, concrete_float
+from gradchain._checks import Check, check, check_leaf_dtypes, check_state_dtype, concrete_float
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import (
-    Slot,
-    check_leaf_dtypes,
-    check_state_dtype,
-    compute_dtype,
-    elementwise,
-    real_dtype,
-    saturating_increment,
-)
-from gradchain._numerics import one_minus_pow
-from gradchain.transforms.adaptive import ScaleByAdamState, _first_moment_hat
+from gradchain._lift import Slot, elementwise
+from gradchain._numerics import compute_dtype, one_minus_pow, real_dtype, safe_increment
+from gradchain.transforms.adaptive import ScaleByAdamState, first_moment_hat
 from gradchain.tree import abs_sq
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,21 +95,21 @@ def scale_by_belief(
     check_state_dtype(owner, "nu_dtype", nu_dtype)
     spec = HyperparamSpec(
         owner,
-        b1=(b1, "unit_interval"),
-        b2=(b2, "unit_interval"),
-        eps=(eps, "nonnegative"),
-        eps_root=(eps_root, "nonnegative"),
+        b1=(b1, Check.UNIT_INTERVAL),
+        b2=(b2, Check.UNIT_INTERVAL),
+        eps=(eps, Check.NONNEGATIVE),
+        eps_root=(eps_root, Check.NONNEGATIVE),
     )
 
-    def rule(g, mu, nu, *, hp, t):
-        mu = hp.b1 * mu + (1 - hp.b1) * g
-        nu = hp.b2 * nu + (1 - hp.b2) * abs_sq(g - mu) + hp.eps_root
-        mu_hat = _first_moment_hat(g, mu, hp.b1, t, nesterov=nesterov, bias_correction=True)
-        nu_hat = nu / one_minus_pow(hp.b2, t)
-        return mu_hat / (jnp.sqrt(nu_hat) + hp.eps), (mu, nu)
+    def rule(g, mu, nu, *, b1, b2, eps, eps_root, t):
+        mu = b1 * mu + (1 - b1) * g
+        nu = b2 * nu + (1 - b2) * abs_sq(g - mu) + eps_root
+        mu_hat = first_moment_hat(g, mu, b1, t, nesterov=nesterov, bias_correction=True)
+        nu_hat = nu / one_minus_pow(b2, t)
+        return mu_hat / (jnp.sqrt(nu_hat) + eps), (mu, nu)
 
     slots = [Slot("mu", dtype=mu_dtype), Slot("nu", dtype=nu_dtype, real=True)]
-    return elementwise(owner, rule, ScaleByBeliefState, spec, slots=slots)
+    return elementwise(rule, ScaleByBeliefState, spec, slots=slots)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,28 +170,28 @@ def scale_by_yogi(
         Zaheer, Reddi, Sachan, Kale & Kumar, *Adaptive Methods for Nonconvex Optimization*, NeurIPS 2018.
     """
     owner = "scale_by_yogi"
-    check(f"{owner}: initial_accumulator_value", initial_accumulator_value, "nonnegative")
+    check(f"{owner}: initial_accumulator_value", initial_accumulator_value, Check.NONNEGATIVE)
     check_state_dtype(owner, "mu_dtype", mu_dtype)
     check_state_dtype(owner, "nu_dtype", nu_dtype)
     spec = HyperparamSpec(
         owner,
-        b1=(b1, "unit_interval"),
-        b2=(b2, "unit_interval"),
-        eps=(eps, "nonnegative"),
-        eps_root=(eps_root, "nonnegative"),
+        b1=(b1, Check.UNIT_INTERVAL),
+        b2=(b2, Check.UNIT_INTERVAL),
+        eps=(eps, Check.NONNEGATIVE),
+        eps_root=(eps_root, Check.NONNEGATIVE),
     )
 
-    def rule(g, mu, nu, *, hp, t):
-        mu = hp.b1 * mu + (1 - hp.b1) * g
+    def rule(g, mu, nu, *, b1, b2, eps, eps_root, t):
+        mu = b1 * mu + (1 - b1) * g
         g2 = abs_sq(g)
-        nu = nu - (1 - hp.b2) * jnp.sign(nu - g2) * g2
-        mu_hat = mu / one_minus_pow(hp.b1, t)
-        nu_hat = nu / one_minus_pow(hp.b2, t)
-        return mu_hat / (jnp.sqrt(nu_hat + hp.eps_root) + hp.eps), (mu, nu)
+        nu = nu - (1 - b2) * jnp.sign(nu - g2) * g2
+        mu_hat = mu / one_minus_pow(b1, t)
+        nu_hat = nu / one_minus_pow(b2, t)
+        return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), (mu, nu)
 
     value = float(initial_accumulator_value)
     slots = [Slot("mu", init=value, dtype=mu_dtype), Slot("nu", init=value, dtype=nu_dtype, real=True)]
-    return elementwise(owner, rule, ScaleByAdamState, spec, slots=slots)
+    return elementwise(rule, ScaleByAdamState, spec, slots=slots)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -338,28 +330,28 @@ def scale_by_radam(
         raise ValueError(f"{owner}: threshold must be >= 4 (the rectifier is undefined below), got {threshold!r}")
     spec = HyperparamSpec(
         owner,
-        b1=(b1, "unit_interval"),
-        b2=(b2, "unit_interval"),
-        eps=(eps, "nonnegative"),
-        eps_root=(eps_root, "nonnegative"),
-        threshold=(threshold, "nonnegative"),
+        b1=(b1, Check.UNIT_INTERVAL),
+        b2=(b2, Check.UNIT_INTERVAL),
+        eps=(eps, Check.NONNEGATIVE),
+        eps_root=(eps_root, Check.NONNEGATIVE),
+        threshold=(threshold, Check.NONNEGATIVE),
     )
 
-    def rule(g, mu, nu, *, hp, t):
-        mu = hp.b1 * mu + (1 - hp.b1) * g
-        nu = hp.b2 * nu + (1 - hp.b2) * abs_sq(g)
-        mu_hat = _first_moment_hat(g, mu, hp.b1, t, nesterov=nesterov, bias_correction=True)
-        correction = one_minus_pow(hp.b2, t)
+    def rule(g, mu, nu, *, b1, b2, eps, eps_root, threshold, t):
+        mu = b1 * mu + (1 - b1) * g
+        nu = b2 * nu + (1 - b2) * abs_sq(g)
+        mu_hat = first_moment_hat(g, mu, b1, t, nesterov=nesterov, bias_correction=True)
+        correction = one_minus_pow(b2, t)
         if eps_before_bias_correction:
-            denom = (jnp.sqrt(nu + hp.eps_root) + hp.eps) / jnp.sqrt(correction)
+            denom = (jnp.sqrt(nu + eps_root) + eps) / jnp.sqrt(correction)
         else:
-            denom = jnp.sqrt(nu / correction + hp.eps_root) + hp.eps
-        rho = _sma_length(hp.b2, t)
-        r = _rectifier(rho, 2 / (1 - hp.b2) - 1)
-        return jnp.where(rho >= hp.threshold, r * mu_hat / denom, mu_hat), (mu, nu)
+            denom = jnp.sqrt(nu / correction + eps_root) + eps
+        rho = _sma_length(b2, t)
+        r = _rectifier(rho, 2 / (1 - b2) - 1)
+        return jnp.where(rho >= threshold, r * mu_hat / denom, mu_hat), (mu, nu)
 
     slots = [Slot("mu", dtype=mu_dtype), Slot("nu", dtype=nu_dtype, real=True)]
-    return elementwise(owner, rule, ScaleByAdamState, spec, slots=slots)
+    return elementwise(rule, ScaleByAdamState, spec, slots=slots)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -434,22 +426,22 @@ def scale_by_adan(
     check_state_dtype(owner, "nu_dtype", nu_dtype)
     spec = HyperparamSpec(
         owner,
-        b1=(b1, "unit_interval"),
-        b2=(b2, "unit_interval"),
-        b3=(b3, "unit_interval"),
-        eps=(eps, "nonnegative"),
-        eps_root=(eps_root, "nonnegative"),
+        b1=(b1, Check.UNIT_INTERVAL),
+        b2=(b2, Check.UNIT_INTERVAL),
+        b3=(b3, Check.UNIT_INTERVAL),
+        eps=(eps, Check.NONNEGATIVE),
+        eps_root=(eps_root, Check.NONNEGATIVE),
     )
 
-    def rule(g, m, v, n, prev_grad, *, hp, t):
+    def rule(g, m, v, n, prev_grad, *, b1, b2, b3, eps, eps_root, t):
         diff = jnp.where(t == 1, jnp.zeros_like(g), g - prev_grad)
-        m = hp.b1 * m + (1 - hp.b1) * g
-        v = hp.b2 * v + (1 - hp.b2) * diff
-        n = hp.b3 * n + (1 - hp.b3) * abs_sq(g + (1 - hp.b2) * diff)
-        m_hat = m / one_minus_pow(hp.b1, t)
-        v_hat = v / one_minus_pow(hp.b2, t)
-        n_hat = n / one_minus_pow(hp.b3, t)
-        u = (m_hat + (1 - hp.b2) * v_hat) / (jnp.sqrt(n_hat + hp.eps_root) + hp.eps)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * diff
+        n = b3 * n + (1 - b3) * abs_sq(g + (1 - b2) * diff)
+        m_hat = m / one_minus_pow(b1, t)
+        v_hat = v / one_minus_pow(b2, t)
+        n_hat = n / one_minus_pow(b3, t)
+        u = (m_hat + (1 - b2) * v_hat) / (jnp.sqrt(n_hat + eps_root) + eps)
         return u, (m, v, n, g)
 
     slots = [
@@ -458,7 +450,7 @@ def scale_by_adan(
         Slot("n", dtype=nu_dtype, real=True),
         Slot("prev_grad"),
     ]
-    return elementwise(owner, rule, ScaleByAdanState, spec, slots=slots)
+    return elementwise(rule, ScaleByAdanState, spec, slots=slots)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -526,7 +518,9 @@ def scale_by_novograd(
     """
     owner = "scale_by_novograd"
     check_state_dtype(owner, "nu_dtype", nu_dtype)
-    spec = HyperparamSpec(owner, b2=(b2, "unit_interval"), eps=(eps, "nonnegative"), eps_root=(eps_root, "nonnegative"))
+    spec = HyperparamSpec(
+        owner, b2=(b2, Check.UNIT_INTERVAL), eps=(eps, Check.NONNEGATIVE), eps_root=(eps_root, Check.NONNEGATIVE)
+    )
 
     def nu_storage(dtype) -> jnp.dtype:
         return jnp.dtype(nu_dtype) if nu_dtype is not None else real_dtype(compute_dtype(dtype))
@@ -549,7 +543,7 @@ def scale_by_novograd(
             where=owner,
         )
         hp = spec.at(state.hyperparams, state.count)
-        count = saturating_increment(state.count)
+        count = safe_increment(state.count)
         first = count == 1
 
         def leaf(g, nu):

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from gradchain._base import GradientTransformation, Updates
-from gradchain._checks import check
+from gradchain._checks import Check, check, check_state_dtype
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import Slot, check_state_dtype, elementwise
+from gradchain._lift import Slot, elementwise
 from gradchain._numerics import one_minus_pow
 from gradchain.tree import abs_sq
 
@@ -66,18 +66,18 @@ def scale_by_rss(
         Duchi, Hazan & Singer, *Adaptive Subgradient Methods for Online Learning and Stochastic
         Optimization*, JMLR 2011.
     """
-    check("scale_by_rss: initial_accumulator_value", initial_accumulator_value, "nonnegative")
-    spec = HyperparamSpec("scale_by_rss", eps=(eps, "nonnegative"))
+    check("scale_by_rss: initial_accumulator_value", initial_accumulator_value, Check.NONNEGATIVE)
+    spec = HyperparamSpec("scale_by_rss", eps=(eps, Check.NONNEGATIVE))
 
-    def rule(g, s, *, hp, t):
+    def rule(g, s, *, eps):
         s = s + abs_sq(g)
-        denom = _denominator(s, hp.eps, eps_in_sqrt)
+        denom = _denominator(s, eps, eps_in_sqrt)
         # 0 where nothing has accumulated yet (s = eps = 0), instead of 0/0; a NaN denominator must
         # still give NaN, so the test is `== 0`, not `> 0`.
         return jnp.where(denom == 0, 0, g / jnp.where(denom == 0, 1, denom)), (s,)
 
     slot = Slot("sum_of_squares", init=initial_accumulator_value, real=True)
-    return elementwise("scale_by_rss", rule, ScaleByRssState, spec, slots=[slot])
+    return elementwise(rule, ScaleByRssState, spec, slots=[slot])
 
 
 class ScaleByRmsState(NamedTuple):
@@ -134,26 +134,22 @@ def scale_by_rms(
         Tieleman & Hinton, *Lecture 6.5 - RMSProp*, COURSERA: Neural Networks for Machine Learning,
         2012; Graves, *Generating Sequences With Recurrent Neural Networks*, 2013 (centered).
     """
-    check("scale_by_rms: initial_scale", initial_scale, "nonnegative")
-    spec = HyperparamSpec("scale_by_rms", decay=(decay, "unit_interval"), eps=(eps, "nonnegative"))
+    check("scale_by_rms: initial_scale", initial_scale, Check.NONNEGATIVE)
+    spec = HyperparamSpec("scale_by_rms", decay=(decay, Check.UNIT_INTERVAL), eps=(eps, Check.NONNEGATIVE))
 
-    def rule(g, nu, *mu, hp, t):
-        nu = hp.decay * nu + (1 - hp.decay) * abs_sq(g)
-        correction = one_minus_pow(hp.decay, t) if bias_correction else 1
+    def rule(g, nu, mu=None, *, decay, eps, t):
+        # `mu` is the centered variant's mean gradient; without `centered` the slot is off and absent.
+        nu = decay * nu + (1 - decay) * abs_sq(g)
+        correction = one_minus_pow(decay, t) if bias_correction else 1
         variance = nu / correction
-        if centered:
-            (m,) = mu
-            m = hp.decay * m + (1 - hp.decay) * g
-            variance = jnp.maximum(variance - abs_sq(m / correction), 0)
-            mu = (m,)
-        return g / _denominator(variance, hp.eps, eps_in_sqrt), (nu, *mu)
+        if mu is None:
+            return g / _denominator(variance, eps, eps_in_sqrt), (nu,)
+        mu = decay * mu + (1 - decay) * g
+        variance = jnp.maximum(variance - abs_sq(mu / correction), 0)
+        return g / _denominator(variance, eps, eps_in_sqrt), (nu, mu)
 
-    slots = [Slot("nu", init=initial_scale, real=True)] + ([Slot("mu")] if centered else [])
-
-    def state_type(count, nu, hyperparams, mu=()):
-        return ScaleByRmsState(count, nu, mu, hyperparams)
-
-    return elementwise("scale_by_rms", rule, state_type, spec, slots=slots)
+    slots = [Slot("nu", init=initial_scale, real=True), Slot("mu", enabled=centered)]
+    return elementwise(rule, ScaleByRmsState, spec, slots=slots)
 
 
 class ScaleByAdamState(NamedTuple):
@@ -166,10 +162,12 @@ class ScaleByAdamState(NamedTuple):
 
 
 def _adam_spec(owner: str, b1, b2, eps, **extra: tuple) -> HyperparamSpec:
-    return HyperparamSpec(owner, b1=(b1, "unit_interval"), b2=(b2, "unit_interval"), eps=(eps, "nonnegative"), **extra)
+    return HyperparamSpec(
+        owner, b1=(b1, Check.UNIT_INTERVAL), b2=(b2, Check.UNIT_INTERVAL), eps=(eps, Check.NONNEGATIVE), **extra
+    )
 
 
-def _first_moment_hat(g, mu, b1, t, *, nesterov: bool, bias_correction: bool):
+def first_moment_hat(g, mu, b1, t, *, nesterov: bool, bias_correction: bool):
     """Adam's debiased first moment, or Nesterov's look-ahead form of it (Dozat 2016)."""
     if not bias_correction:
         return b1 * mu + (1 - b1) * g if nesterov else mu
@@ -236,17 +234,17 @@ def scale_by_adam(
     """
     check_state_dtype("scale_by_adam", "mu_dtype", mu_dtype)
     check_state_dtype("scale_by_adam", "nu_dtype", nu_dtype)
-    spec = _adam_spec("scale_by_adam", b1, b2, eps, eps_root=(eps_root, "nonnegative"))
+    spec = _adam_spec("scale_by_adam", b1, b2, eps, eps_root=(eps_root, Check.NONNEGATIVE))
 
-    def rule(g, mu, nu, *, hp, t):
-        mu = hp.b1 * mu + (1 - hp.b1) * g
-        nu = hp.b2 * nu + (1 - hp.b2) * abs_sq(g)
-        mu_hat = _first_moment_hat(g, mu, hp.b1, t, nesterov=nesterov, bias_correction=bias_correction)
-        nu_hat = nu / one_minus_pow(hp.b2, t) if bias_correction else nu
-        return mu_hat / (jnp.sqrt(nu_hat + hp.eps_root) + hp.eps), (mu, nu)
+    def rule(g, mu, nu, *, b1, b2, eps, eps_root, t):
+        mu = b1 * mu + (1 - b1) * g
+        nu = b2 * nu + (1 - b2) * abs_sq(g)
+        mu_hat = first_moment_hat(g, mu, b1, t, nesterov=nesterov, bias_correction=bias_correction)
+        nu_hat = nu / one_minus_pow(b2, t) if bias_correction else nu
+        return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), (mu, nu)
 
     slots = [Slot("mu", dtype=mu_dtype), Slot("nu", dtype=nu_dtype, real=True)]
-    return elementwise("scale_by_adam", rule, ScaleByAdamState, spec, slots=slots)
+    return elementwise(rule, ScaleByAdamState, spec, slots=slots)
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -311,27 +309,27 @@ def scale_by_amsgrad(
     """
     check_state_dtype("scale_by_amsgrad", "mu_dtype", mu_dtype)
     check_state_dtype("scale_by_amsgrad", "nu_dtype", nu_dtype)
-    spec = _adam_spec("scale_by_amsgrad", b1, b2, eps, eps_root=(eps_root, "nonnegative"))
+    spec = _adam_spec("scale_by_amsgrad", b1, b2, eps, eps_root=(eps_root, Check.NONNEGATIVE))
 
-    def rule(g, mu, nu, nu_max, *, hp, t):
-        mu = hp.b1 * mu + (1 - hp.b1) * g
-        nu = hp.b2 * nu + (1 - hp.b2) * abs_sq(g)
-        correction = one_minus_pow(hp.b2, t)
+    def rule(g, mu, nu, nu_max, *, b1, b2, eps, eps_root, t):
+        mu = b1 * mu + (1 - b1) * g
+        nu = b2 * nu + (1 - b2) * abs_sq(g)
+        correction = one_minus_pow(b2, t)
         if debias_before_max:
             nu_max = jnp.maximum(nu_max, nu / correction)
             nu_hat = nu_max
         else:
             nu_max = jnp.maximum(nu_max, nu)
             nu_hat = nu_max / correction
-        mu_hat = mu / one_minus_pow(hp.b1, t)
-        return mu_hat / (jnp.sqrt(nu_hat + hp.eps_root) + hp.eps), (mu, nu, nu_max)
+        mu_hat = mu / one_minus_pow(b1, t)
+        return mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps), (mu, nu, nu_max)
 
     slots = [
         Slot("mu", dtype=mu_dtype),
         Slot("nu", dtype=nu_dtype, real=True),
         Slot("nu_max", dtype=nu_dtype, real=True),
     ]
-    return elementwise("scale_by_amsgrad", rule, ScaleByAmsgradState, spec, slots=slots)
+    return elementwise(rule, ScaleByAmsgradState, spec, slots=slots)
 
 
 def scale_by_adamax(
@@ -369,13 +367,13 @@ def scale_by_adamax(
     """
     spec = _adam_spec("scale_by_adamax", b1, b2, eps)
 
-    def rule(g, mu, nu, *, hp, t):
-        mu = hp.b1 * mu + (1 - hp.b1) * g
-        nu = jnp.maximum(hp.b2 * nu, jnp.abs(g) + hp.eps)
-        return mu / one_minus_pow(hp.b1, t) / nu, (mu, nu)
+    def rule(g, mu, nu, *, b1, b2, eps, t):
+        mu = b1 * mu + (1 - b1) * g
+        nu = jnp.maximum(b2 * nu, jnp.abs(g) + eps)
+        return mu / one_minus_pow(b1, t) / nu, (mu, nu)
 
     slots = [Slot("mu"), Slot("nu", real=True)]
-    return elementwise("scale_by_adamax", rule, ScaleByAdamState, spec, slots=slots)
+    return elementwise(rule, ScaleByAdamState, spec, slots=slots)
 
 
 class ScaleByNadamState(NamedTuple):
@@ -441,17 +439,17 @@ def scale_by_nadam(
     """
     check_state_dtype("scale_by_nadam", "mu_dtype", mu_dtype)
     check_state_dtype("scale_by_nadam", "nu_dtype", nu_dtype)
-    spec = _adam_spec("scale_by_nadam", b1, b2, eps, momentum_decay=(momentum_decay, "nonnegative"))
+    spec = _adam_spec("scale_by_nadam", b1, b2, eps, momentum_decay=(momentum_decay, Check.NONNEGATIVE))
 
-    def scalar_rule(*, hp, t, mu_product):
-        return {"mu_product": mu_product * _momentum_coefficient(hp.b1, hp.momentum_decay, t)}
+    def scalar_rule(*, b1, momentum_decay, t, mu_product):
+        return {"mu_product": mu_product * _momentum_coefficient(b1, momentum_decay, t)}
 
-    def rule(g, mu, nu, *, hp, t, mu_product):
-        coefficient = _momentum_coefficient(hp.b1, hp.momentum_decay, t)
-        next_coefficient = _momentum_coefficient(hp.b1, hp.momentum_decay, t + 1)
-        mu = hp.b1 * mu + (1 - hp.b1) * g
-        nu = hp.b2 * nu + (1 - hp.b2) * abs_sq(g)
-        denom = jnp.sqrt(nu / one_minus_pow(hp.b2, t)) + hp.eps
+    def rule(g, mu, nu, *, b1, b2, eps, momentum_decay, t, mu_product):
+        coefficient = _momentum_coefficient(b1, momentum_decay, t)
+        next_coefficient = _momentum_coefficient(b1, momentum_decay, t + 1)
+        mu = b1 * mu + (1 - b1) * g
+        nu = b2 * nu + (1 - b2) * abs_sq(g)
+        denom = jnp.sqrt(nu / one_minus_pow(b2, t)) + eps
         u = (1 - coefficient) / (1 - mu_product) * g / denom + (
             next_coefficient / (1 - mu_product * next_coefficient)
         ) * mu / denom
@@ -459,7 +457,6 @@ def scale_by_nadam(
 
     slots = [Slot("mu", dtype=mu_dtype), Slot("nu", dtype=nu_dtype, real=True)]
     return elementwise(
-        "scale_by_nadam",
         rule,
         ScaleByNadamState,
         spec,

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation
+from gradchain._checks import Check, check_leaf_dtypes
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import check_leaf_dtypes, elementwise
+from gradchain._lift import elementwise
 from gradchain._packing import PackInfo, mark_packable
 
 
@@ -44,12 +45,12 @@ def clip(max_delta: float | jax.Array) -> GradientTransformation:
         assert (u["w"] == jnp.array([-1.0, 0.5, 1.0])).all()
         ```
     """
-    spec = HyperparamSpec("clip", max_delta=(max_delta, "nonnegative"))
+    spec = HyperparamSpec("clip", max_delta=(max_delta, Check.NONNEGATIVE))
 
-    def rule(g, *, hp, t):
-        return jnp.clip(g, -hp.max_delta, hp.max_delta), ()
+    def rule(g, *, max_delta):
+        return jnp.clip(g, -max_delta, max_delta), ()
 
-    return elementwise("clip", rule, ClipState, spec, complex_ok=False)
+    return elementwise(rule, ClipState, spec, complex_ok=False)
 
 
 def _shrink_factor(size: jax.Array, limit: jax.Array) -> jax.Array:
@@ -96,7 +97,10 @@ def clip_by_global_norm(max_norm: float | jax.Array, *, eps: float | jax.Array =
         Pascanu, Mikolov & Bengio, *On the difficulty of training recurrent neural networks*, ICML 2013.
     """
     spec = HyperparamSpec(
-        "clip_by_global_norm", allow_schedules=False, max_norm=(max_norm, "nonnegative"), eps=(eps, "nonnegative")
+        "clip_by_global_norm",
+        allow_schedules=False,
+        max_norm=(max_norm, Check.NONNEGATIVE),
+        eps=(eps, Check.NONNEGATIVE),
     )
 
     def init(params):
@@ -147,7 +151,7 @@ def clip_by_block_rms(threshold: float | jax.Array) -> GradientTransformation:
         Shazeer & Stern, *Adafactor: Adaptive Learning Rates with Sublinear Memory Cost*, ICML 2018
         (update clipping by block RMS).
     """
-    spec = HyperparamSpec("clip_by_block_rms", allow_schedules=False, threshold=(threshold, "nonnegative"))
+    spec = HyperparamSpec("clip_by_block_rms", allow_schedules=False, threshold=(threshold, Check.NONNEGATIVE))
 
     def init(params):
         return tree_util.place_like(ClipByBlockRmsState(spec.init()), params)

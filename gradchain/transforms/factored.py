@@ -20,16 +20,10 @@ from jax.typing import DTypeLike
 
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation, Updates
-from gradchain._checks import check_int
+from gradchain._checks import Check, check_int, check_leaf_dtypes, check_state_dtype
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import (
-    Slot,
-    check_leaf_dtypes,
-    check_state_dtype,
-    compute_dtype,
-    real_dtype,
-    saturating_increment,
-)
+from gradchain._lift import Slot
+from gradchain._numerics import compute_dtype, real_dtype, safe_increment
 
 _FACTORED = "scale_by_factored_rms"
 _PARAM_BLOCK_RMS = "scale_by_param_block_rms"
@@ -222,8 +216,8 @@ def scale_by_factored_rms(
     check_state_dtype(_FACTORED, "nu_dtype", nu_dtype)
     if decay_rate_fn is not None and not callable(decay_rate_fn):
         raise TypeError(f"{_FACTORED}: decay_rate_fn must be callable or None, got {decay_rate_fn!r}")
-    decay_kind = "finite" if decay_rate_fn is not None else "closed_unit_interval"
-    spec = HyperparamSpec(_FACTORED, decay_rate=(decay_rate, decay_kind), epsilon=(epsilon, "nonnegative"))
+    decay_kind = Check.FINITE if decay_rate_fn is not None else Check.CLOSED_UNIT_INTERVAL
+    spec = HyperparamSpec(_FACTORED, decay_rate=(decay_rate, decay_kind), epsilon=(epsilon, Check.NONNEGATIVE))
     decay_fn = decay_rate_fn or _default_decay
     slot = Slot("v", dtype=nu_dtype, real=True)  # the storage policy of Adam's nu
 
@@ -256,7 +250,7 @@ def scale_by_factored_rms(
         )
         out = [_update_leaf(g, r, c, v, dims_of(g.shape), step, hp, decay_fn) for g, r, c, v in leaves]
         u, v_row, v_col, v = (treedef.unflatten([o[k] for o in out]) for k in range(4))
-        return u, ScaleByFactoredRmsState(saturating_increment(state.count), v_row, v_col, v, hp)
+        return u, ScaleByFactoredRmsState(safe_increment(state.count), v_row, v_col, v, hp)
 
     return GradientTransformation(init, update)
 
@@ -349,7 +343,7 @@ def scale_by_param_block_rms(min_scale: float | jax.Array = 1e-3) -> GradientTra
         Shazeer & Stern, *Adafactor: Adaptive Learning Rates with Sublinear Memory Cost*, ICML 2018
         (section 8, relative step size).
     """
-    spec = HyperparamSpec(_PARAM_BLOCK_RMS, allow_schedules=False, min_scale=(min_scale, "nonnegative"))
+    spec = HyperparamSpec(_PARAM_BLOCK_RMS, allow_schedules=False, min_scale=(min_scale, Check.NONNEGATIVE))
 
     def init(params):
         return tree_util.place_like(ScaleByParamBlockRmsState(spec.init()), params)

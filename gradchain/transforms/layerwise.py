@@ -24,8 +24,10 @@ from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from gradchain import tree as tree_util
 from gradchain._base import EmptyState, GradientTransformation, Updates
+from gradchain._checks import Check, check_leaf_dtypes
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import Slot, check_leaf_dtypes, compute_dtype, elementwise, real_dtype
+from gradchain._lift import Slot, elementwise
+from gradchain._numerics import compute_dtype, real_dtype
 from gradchain.transforms.scaling import ScalarOrSchedule
 
 _TRUST = "scale_by_trust_ratio"
@@ -108,9 +110,9 @@ def scale_by_trust_ratio(
     spec = HyperparamSpec(
         _TRUST,
         allow_schedules=False,
-        min_norm=(min_norm, "nonnegative"),
-        trust_coefficient=(trust_coefficient, "nonnegative"),
-        eps=(eps, "nonnegative"),
+        min_norm=(min_norm, Check.NONNEGATIVE),
+        trust_coefficient=(trust_coefficient, Check.NONNEGATIVE),
+        eps=(eps, Check.NONNEGATIVE),
     )
 
     def init(params):
@@ -232,7 +234,7 @@ def scale_by_param_block_norm(min_scale: float | jax.Array = 1e-3) -> GradientTr
         assert jnp.allclose(u["w"], 5.0) and jnp.allclose(u["b"], 1e-3)
         ```
     """
-    spec = HyperparamSpec(_BLOCK_NORM, allow_schedules=False, min_scale=(min_scale, "nonnegative"))
+    spec = HyperparamSpec(_BLOCK_NORM, allow_schedules=False, min_scale=(min_scale, Check.NONNEGATIVE))
 
     def init(params):
         return tree_util.place_like(ScaleByParamBlockNormState(spec.init()), params)
@@ -336,7 +338,9 @@ def adaptive_grad_clip(
         Brock, De, Smith & Simonyan, *High-Performance Large-Scale Image Recognition Without
         Normalization*, ICML 2021.
     """
-    spec = HyperparamSpec(_AGC, allow_schedules=False, clipping=(clipping, "nonnegative"), eps=(eps, "nonnegative"))
+    spec = HyperparamSpec(
+        _AGC, allow_schedules=False, clipping=(clipping, Check.NONNEGATIVE), eps=(eps, Check.NONNEGATIVE)
+    )
     if axis is not None:
         axes = (axis,) if isinstance(axis, int) else axis
         if not isinstance(axes, tuple) or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
@@ -469,9 +473,9 @@ def scale_by_sm3(
     spec = HyperparamSpec(
         _SM3,
         allow_schedules=False,
-        b1=(b1, "unit_interval"),
-        b2=(b2, "closed_unit_interval"),
-        eps=(eps, "nonnegative"),
+        b1=(b1, Check.UNIT_INTERVAL),
+        b2=(b2, Check.CLOSED_UNIT_INTERVAL),
+        eps=(eps, Check.NONNEGATIVE),
     )
     acc_slot, mom_slot = Slot("mu", real=True), Slot("nu")
 
@@ -583,11 +587,11 @@ def scale_by_fromage_step(learning_rate: ScalarOrSchedule) -> GradientTransforma
         Bernstein, Vahdat, Yue & Liu, *On the distance between two neural networks and the stability
         of learning*, NeurIPS 2020.
     """
-    spec = HyperparamSpec(_FROMAGE, learning_rate=(learning_rate, "nonnegative"))
+    spec = HyperparamSpec(_FROMAGE, learning_rate=(learning_rate, Check.NONNEGATIVE))
 
-    def rule(g, *, p, hp, t):
-        eta = hp.learning_rate
+    def rule(g, *, learning_rate, p):
+        eta = learning_rate
         root = jnp.sqrt(1 + eta * eta)
         return -(eta / root) * g - (eta * eta / (root * (1 + root))) * p, ()
 
-    return elementwise(_FROMAGE, rule, ScaleByFromageStepState, spec, uses_params=True)
+    return elementwise(rule, ScaleByFromageStepState, spec, uses_params=True)

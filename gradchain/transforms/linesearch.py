@@ -28,9 +28,8 @@ import jax.numpy as jnp
 
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation, OptState, Params, Updates
-from gradchain._checks import check_int
+from gradchain._checks import Check, check_int, check_leaf_dtypes
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import check_leaf_dtypes
 
 _ZOOM = "scale_by_zoom_linesearch"
 _BACKTRACKING = "scale_by_backtracking_linesearch"
@@ -39,12 +38,12 @@ _BACKTRACKING = "scale_by_backtracking_linesearch"
 # Shared helpers
 
 
-def _scalar_dtype(params: Params) -> jnp.dtype:
+def scalar_dtype(params: Params) -> jnp.dtype:
     """The dtype of values, slopes and step sizes: the params' widest float dtype, at least float32."""
     return jnp.result_type(jnp.float32, *(jnp.dtype(x.dtype) for x in jax.tree.leaves(params)))
 
 
-def _vdot(a: Any, b: Any, dtype: jnp.dtype) -> jax.Array:
+def vdot(a: Any, b: Any, dtype: jnp.dtype) -> jax.Array:
     """$\\sum_\\text{leaves} \\langle a, b \\rangle$, accumulated in `dtype`."""
     terms = [
         jnp.vdot(x.astype(dtype), y.astype(dtype)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
@@ -255,21 +254,21 @@ def scale_by_zoom_linesearch(
         raise ValueError(f"{_ZOOM}: initial_guess_strategy must be 'keep' or 'one', got {initial_guess_strategy!r}")
     _check_curv_rtol(curv_rtol)
     entries: dict[str, tuple[Any, str]] = dict(
-        tol=(tol, "nonnegative"),
-        increase_factor=(increase_factor, "positive"),
-        slope_rtol=(slope_rtol, "nonnegative"),
-        curv_rtol=(curv_rtol, "any"),  # checked above: inf is allowed (no curvature condition)
-        stepsize_precision=(stepsize_precision, "positive"),
+        tol=(tol, Check.NONNEGATIVE),
+        increase_factor=(increase_factor, Check.POSITIVE),
+        slope_rtol=(slope_rtol, Check.NONNEGATIVE),
+        curv_rtol=(curv_rtol, Check.ANY),  # checked above: inf is allowed (no curvature condition)
+        stepsize_precision=(stepsize_precision, Check.POSITIVE),
     )
     if max_learning_rate is not None:
-        entries["max_learning_rate"] = (max_learning_rate, "positive")
+        entries["max_learning_rate"] = (max_learning_rate, Check.POSITIVE)
     if approx_dec_rtol is not None:
-        entries["approx_dec_rtol"] = (approx_dec_rtol, "nonnegative")
+        entries["approx_dec_rtol"] = (approx_dec_rtol, Check.NONNEGATIVE)
     spec = HyperparamSpec(_ZOOM, allow_schedules=False, **entries)
 
     def init(params):
         check_leaf_dtypes(_ZOOM, "param", params, complex_ok=False)
-        dtype = _scalar_dtype(params)
+        dtype = scalar_dtype(params)
         return ScaleByZoomLinesearchState(
             learning_rate=jnp.ones((), dtype),
             value=jnp.full((), jnp.inf, dtype),
@@ -282,20 +281,20 @@ def scale_by_zoom_linesearch(
 
     def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, **extra_args):
         _check_extra_args(_ZOOM, params, value, grad, value_fn)
-        dtype = _scalar_dtype(params)
+        dtype = scalar_dtype(params)
         hp = jax.tree.map(lambda x: x.astype(dtype), dict(state.hyperparams))
         fn_kwargs = _fn_kwargs(value_fn, extra_args)
         value_and_grad = jax.value_and_grad(lambda p: value_fn(p, **fn_kwargs))
         value0 = jnp.asarray(value, dtype)
         grad = jax.tree.map(lambda g, p: jnp.asarray(g, p.dtype), grad, params)
-        slope0 = _vdot(updates, grad, dtype)
+        slope0 = vdot(updates, grad, dtype)
         # The first trial step: the last accepted one ("keep"), or 1 (a quasi-Newton step).
         guess = state.learning_rate.astype(dtype) if initial_guess_strategy == "keep" else jnp.ones((), dtype)
 
         def on_line(stepsize):
             v, g = value_and_grad(_along(params, stepsize, updates))
             g = jax.tree.map(lambda gi, p: gi.astype(p.dtype), g, params)
-            return jnp.asarray(v, dtype), g, _vdot(g, updates, dtype)
+            return jnp.asarray(v, dtype), g, vdot(g, updates, dtype)
 
         def errors(stepsize, v, slope):
             decrease = v - value0 - hp["slope_rtol"] * stepsize * slope0  # Armijo
@@ -565,17 +564,17 @@ def scale_by_backtracking_linesearch(
     spec = HyperparamSpec(
         _BACKTRACKING,
         allow_schedules=False,
-        slope_rtol=(slope_rtol, "nonnegative"),
-        decrease_factor=(decrease_factor, "unit_interval"),
-        increase_factor=(increase_factor, "any"),  # checked above: inf is allowed
-        max_learning_rate=(max_learning_rate, "positive"),
-        atol=(atol, "nonnegative"),
-        rtol=(rtol, "nonnegative"),
+        slope_rtol=(slope_rtol, Check.NONNEGATIVE),
+        decrease_factor=(decrease_factor, Check.UNIT_INTERVAL),
+        increase_factor=(increase_factor, Check.ANY),  # checked above: inf is allowed
+        max_learning_rate=(max_learning_rate, Check.POSITIVE),
+        atol=(atol, Check.NONNEGATIVE),
+        rtol=(rtol, Check.NONNEGATIVE),
     )
 
     def init(params):
         check_leaf_dtypes(_BACKTRACKING, "param", params, complex_ok=False)
-        dtype = _scalar_dtype(params)
+        dtype = scalar_dtype(params)
         return ScaleByBacktrackingLinesearchState(
             learning_rate=jnp.ones((), dtype),
             value=jnp.full((), jnp.inf, dtype),
@@ -586,11 +585,11 @@ def scale_by_backtracking_linesearch(
 
     def update(updates, state, params=None, *, value=None, grad=None, value_fn=None, **extra_args):
         _check_extra_args(_BACKTRACKING, params, value, grad, value_fn)
-        dtype = _scalar_dtype(params)
+        dtype = scalar_dtype(params)
         hp = jax.tree.map(lambda x: x.astype(dtype), dict(state.hyperparams))
         fn_kwargs = _fn_kwargs(value_fn, extra_args)
         value0 = jnp.asarray(value, dtype)
-        slope0 = _vdot(updates, grad, dtype)
+        slope0 = vdot(updates, grad, dtype)
         no_grad = jax.tree.map(jnp.zeros_like, params)
 
         def decrease_error(stepsize, v):

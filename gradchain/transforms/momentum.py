@@ -9,8 +9,9 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from gradchain._base import GradientTransformation, Updates
+from gradchain._checks import Check, check_state_dtype
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import Slot, check_state_dtype, elementwise
+from gradchain._lift import Slot, elementwise
 from gradchain._numerics import one_minus_pow
 
 
@@ -72,17 +73,17 @@ def trace(
         Sutskever et al., *On the importance of initialization and momentum in deep learning*, ICML 2013.
     """
     check_state_dtype("trace", "accumulator_dtype", accumulator_dtype)
-    spec = HyperparamSpec("trace", decay=(decay, "unit_interval"), dampening=(dampening, "closed_unit_interval"))
+    spec = HyperparamSpec(
+        "trace", decay=(decay, Check.UNIT_INTERVAL), dampening=(dampening, Check.CLOSED_UNIT_INTERVAL)
+    )
 
-    def rule(g, v, *, hp, t):
-        # PyTorch starts the buffer at the raw gradient; with v_0 = 0 the weight 1 at t = 1 does that
-        # for any dampening, and is exact (not merely close) when dampening is 0.
-        weight = jnp.where(t == 1, 1.0, 1.0 - hp.dampening)
-        v = hp.decay * v + weight * g
-        u = g + hp.decay * v if nesterov else v
+    def rule(g, v, *, decay, dampening, t):
+        weight = jnp.where(t == 1, 1.0, 1.0 - dampening)
+        v = decay * v + weight * g
+        u = g + decay * v if nesterov else v
         return u, (v,)
 
-    return elementwise("trace", rule, TraceState, spec, slots=[Slot("trace", dtype=accumulator_dtype)])
+    return elementwise(rule, TraceState, spec, slots=[Slot("trace", dtype=accumulator_dtype)])
 
 
 class EmaState(NamedTuple):
@@ -125,11 +126,11 @@ def ema(
         Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
     """
     check_state_dtype("ema", "accumulator_dtype", accumulator_dtype)
-    spec = HyperparamSpec("ema", decay=(decay, "unit_interval"))
+    spec = HyperparamSpec("ema", decay=(decay, Check.UNIT_INTERVAL))
 
-    def rule(g, m, *, hp, t):
-        m = hp.decay * m + (1 - hp.decay) * g
-        u = m / one_minus_pow(hp.decay, t) if debias else m
+    def rule(g, m, *, decay, t):
+        m = decay * m + (1 - decay) * g
+        u = m / one_minus_pow(decay, t) if debias else m
         return u, (m,)
 
-    return elementwise("ema", rule, EmaState, spec, slots=[Slot("ema", dtype=accumulator_dtype)])
+    return elementwise(rule, EmaState, spec, slots=[Slot("ema", dtype=accumulator_dtype)])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 
 from gradchain._base import GradientTransformation
+from gradchain._checks import Check
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, Schedule
 from gradchain._lift import elementwise
 
@@ -42,8 +43,12 @@ def scale(step_size: float | jax.Array) -> GradientTransformation:
         assert (updates["w"] == -0.5).all()
         ```
     """
-    spec = HyperparamSpec("scale", step_size=(step_size, "finite"))
-    return elementwise("scale", _scale_rule("step_size", 1.0), ScaleState, spec)
+    spec = HyperparamSpec("scale", step_size=(step_size, Check.FINITE))
+
+    def rule(g, *, step_size):
+        return step_size * g, ()
+
+    return elementwise(rule, ScaleState, spec)
 
 
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True) -> GradientTransformation:
@@ -74,9 +79,13 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
         assert jnp.allclose(u0["w"], -0.1) and jnp.allclose(u1["w"], -0.05)
         ```
     """
-    spec = HyperparamSpec("scale_by_learning_rate", learning_rate=(learning_rate, "nonnegative"))
+    spec = HyperparamSpec("scale_by_learning_rate", learning_rate=(learning_rate, Check.NONNEGATIVE))
     sign = -1.0 if flip_sign else 1.0
-    return elementwise("scale_by_learning_rate", _scale_rule("learning_rate", sign), ScaleState, spec)
+
+    def rule(g, *, learning_rate):
+        return sign * learning_rate * g, ()
+
+    return elementwise(rule, ScaleState, spec)
 
 
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
@@ -106,12 +115,9 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     """
     if not callable(step_size_fn):
         raise TypeError(f"scale_by_schedule: step_size_fn must be callable, got {step_size_fn!r}")
-    spec = HyperparamSpec("scale_by_schedule", step_size=(step_size_fn, "any"))
-    return elementwise("scale_by_schedule", _scale_rule("step_size", 1.0), ScaleState, spec)
+    spec = HyperparamSpec("scale_by_schedule", step_size=(step_size_fn, Check.ANY))
 
+    def rule(g, *, step_size):
+        return step_size * g, ()
 
-def _scale_rule(name: str, sign: float) -> Any:
-    def rule(g, *, hp, t):
-        return sign * getattr(hp, name) * g, ()
-
-    return rule
+    return elementwise(rule, ScaleState, spec)

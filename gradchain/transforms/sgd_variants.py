@@ -16,16 +16,10 @@ import jax.numpy as jnp
 from gradchain import _packing as packing
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation, Params, Updates
-from gradchain._checks import check, concrete_float
+from gradchain._checks import Check, check, check_leaf_dtypes, concrete_float
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import (
-    Slot,
-    check_leaf_dtypes,
-    compute_dtype,
-    elementwise,
-    real_dtype,
-    saturating_increment,
-)
+from gradchain._lift import Slot, elementwise
+from gradchain._numerics import compute_dtype, real_dtype, safe_increment
 
 __all__ = [
     "AddNoiseState",
@@ -92,16 +86,16 @@ def scale_by_adadelta(rho: float | jax.Array = 0.9, eps: float | jax.Array = 1e-
     References:
         Zeiler, *ADADELTA: An Adaptive Learning Rate Method*, arXiv:1212.5701, 2012.
     """
-    spec = HyperparamSpec("scale_by_adadelta", rho=(rho, "unit_interval"), eps=(eps, "nonnegative"))
+    spec = HyperparamSpec("scale_by_adadelta", rho=(rho, Check.UNIT_INTERVAL), eps=(eps, Check.NONNEGATIVE))
 
-    def rule(g, e_g, e_x, *, hp, t):
-        e_g = hp.rho * e_g + (1 - hp.rho) * tree_util.abs_sq(g)
-        u = jnp.sqrt(e_x + hp.eps) / jnp.sqrt(e_g + hp.eps) * g
-        e_x = hp.rho * e_x + (1 - hp.rho) * tree_util.abs_sq(u)
+    def rule(g, e_g, e_x, *, rho, eps):
+        e_g = rho * e_g + (1 - rho) * tree_util.abs_sq(g)
+        u = jnp.sqrt(e_x + eps) / jnp.sqrt(e_g + eps) * g
+        e_x = rho * e_x + (1 - rho) * tree_util.abs_sq(u)
         return u, (e_g, e_x)
 
     slots = [Slot("e_g", real=True), Slot("e_x", real=True)]
-    return elementwise("scale_by_adadelta", rule, ScaleByAdadeltaState, spec, slots=slots)
+    return elementwise(rule, ScaleByAdadeltaState, spec, slots=slots)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,31 +172,31 @@ def scale_by_rprop(
     owner = "scale_by_rprop"
     if callable(learning_rate):
         raise TypeError(f"{owner}: learning_rate is the initial step size, a number; schedules are not supported")
-    check(f"{owner}: learning_rate", learning_rate, "positive")
+    check(f"{owner}: learning_rate", learning_rate, Check.POSITIVE)
     initial = concrete_float(learning_rate)
     if initial is None:
         raise TypeError(f"{owner}: learning_rate must be a concrete number, got {learning_rate!r}")
     spec = HyperparamSpec(
         owner,
-        eta_minus=(eta_minus, "unit_interval"),
-        eta_plus=(eta_plus, "positive"),
-        min_step_size=(min_step_size, "nonnegative"),
-        max_step_size=(max_step_size, "nonnegative"),
+        eta_minus=(eta_minus, Check.UNIT_INTERVAL),
+        eta_plus=(eta_plus, Check.POSITIVE),
+        min_step_size=(min_step_size, Check.NONNEGATIVE),
+        max_step_size=(max_step_size, Check.NONNEGATIVE),
     )
     low, high = concrete_float(min_step_size), concrete_float(max_step_size)
     if low is not None and high is not None and low > high:
         raise ValueError(f"{owner}: min_step_size ({low}) must be <= max_step_size ({high})")
 
-    def rule(g, step, prev, *, hp, t):
+    def rule(g, step, prev, *, eta_minus, eta_plus, min_step_size, max_step_size):
         direction = jnp.sign(g)
         s = direction * prev
-        factor = jnp.where(s > 0, hp.eta_plus, jnp.where(s < 0, hp.eta_minus, 1.0))
-        step = jnp.clip(step * factor, hp.min_step_size, hp.max_step_size)
+        factor = jnp.where(s > 0, eta_plus, jnp.where(s < 0, eta_minus, 1.0))
+        step = jnp.clip(step * factor, min_step_size, max_step_size)
         direction = jnp.where(s < 0, 0.0, direction)
         return step * direction, (step, direction)
 
     slots = [Slot("step_sizes", init=initial), Slot("prev_sign", dtype=jnp.int8)]
-    return elementwise(owner, rule, ScaleByRpropState, spec, slots=slots, complex_ok=False)
+    return elementwise(rule, ScaleByRpropState, spec, slots=slots, complex_ok=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,22 +263,22 @@ def scale_by_asgd(
     """
     spec = HyperparamSpec(
         "scale_by_asgd",
-        learning_rate=(learning_rate, "nonnegative"),
-        lambd=(lambd, "nonnegative"),
-        alpha=(alpha, "nonnegative"),
-        t0=(t0, "nonnegative"),
+        learning_rate=(learning_rate, Check.NONNEGATIVE),
+        lambd=(lambd, Check.NONNEGATIVE),
+        alpha=(alpha, Check.NONNEGATIVE),
+        t0=(t0, Check.NONNEGATIVE),
     )
 
-    def rule(g, ax, *, p, hp, t):
-        eta = hp.learning_rate / (1 + hp.lambd * hp.learning_rate * (t - 1)) ** hp.alpha
-        u = -eta * (g + hp.lambd * p)
+    def rule(g, ax, *, learning_rate, lambd, alpha, t0, t, p):
+        eta = learning_rate / (1 + lambd * learning_rate * (t - 1)) ** alpha
+        u = -eta * (g + lambd * p)
         new_p = p + u
-        mu = 1 / jnp.maximum(1.0, t - 1 - hp.t0)
+        mu = 1 / jnp.maximum(1.0, t - 1 - t0)
         # PyTorch copies the params while mu is 1 rather than forming ax + (p - ax).
         ax = jnp.where(mu == 1, new_p, ax + mu * (new_p - ax))
         return u, (ax,)
 
-    return elementwise("scale_by_asgd", rule, ScaleByAsgdState, spec, slots=[Slot("ax")], uses_params=True)
+    return elementwise(rule, ScaleByAsgdState, spec, slots=[Slot("ax")], uses_params=True)
 
 
 def asgd_averaged_params(state: Any) -> Params:
@@ -379,7 +373,7 @@ def add_noise(eta: float | jax.Array = 0.01, gamma: float | jax.Array = 0.55, ke
         Improves Learning for Very Deep Networks*, arXiv:1511.06807, 2015.
     """
     owner = "add_noise"
-    spec = HyperparamSpec(owner, eta=(eta, "nonnegative"), gamma=(gamma, "nonnegative"))
+    spec = HyperparamSpec(owner, eta=(eta, Check.NONNEGATIVE), gamma=(gamma, Check.NONNEGATIVE))
     key_data = _key_data(key)
 
     def init(params):
@@ -390,7 +384,7 @@ def add_noise(eta: float | jax.Array = 0.01, gamma: float | jax.Array = 0.55, ke
         del params, extra_args
         check_leaf_dtypes(owner, "update", updates, complex_ok=True)
         hp = spec.at(state.hyperparams, state.count)
-        count = saturating_increment(state.count)
+        count = safe_increment(state.count)
         std = jnp.sqrt(hp.eta / count.astype(hp.eta.dtype) ** hp.gamma)
         next_key, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng_key))
         leaves, treedef = jax.tree.flatten(updates)
@@ -454,14 +448,14 @@ def scale_by_optimistic_gradient(
         Ozdaglar & Pattathil, *A Unified Analysis of Extra-gradient and Optimistic Gradient Methods
         for Saddle Point Problems*, AISTATS 2020.
     """
-    spec = HyperparamSpec("scale_by_optimistic_gradient", alpha=(alpha, "finite"), beta=(beta, "finite"))
+    spec = HyperparamSpec("scale_by_optimistic_gradient", alpha=(alpha, Check.FINITE), beta=(beta, Check.FINITE))
 
-    def rule(g, prev, *, hp, t):
+    def rule(g, prev, *, alpha, beta, t):
         prev = jnp.where(t == 1, g, prev)
-        return (hp.alpha + hp.beta) * g - hp.beta * prev, (g,)
+        return (alpha + beta) * g - beta * prev, (g,)
 
     slots = [Slot("previous_gradient")]
-    return elementwise("scale_by_optimistic_gradient", rule, ScaleByOptimisticGradientState, spec, slots=slots)
+    return elementwise(rule, ScaleByOptimisticGradientState, spec, slots=slots)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -530,9 +524,9 @@ def scale_by_polyak(
     spec = HyperparamSpec(
         owner,
         allow_schedules=False,
-        f_min=(f_min, "finite"),
-        max_learning_rate=(max_learning_rate, "nonnegative"),
-        eps=(eps, "nonnegative"),
+        f_min=(f_min, Check.FINITE),
+        max_learning_rate=(max_learning_rate, Check.NONNEGATIVE),
+        eps=(eps, Check.NONNEGATIVE),
     )
 
     def init(params):

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from gradchain._base import GradientTransformation, Updates
+from gradchain._checks import Check, check_state_dtype
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import Slot, check_state_dtype, elementwise
+from gradchain._lift import Slot, elementwise
 
 
 class ScaleBySignState(NamedTuple):
@@ -56,10 +57,10 @@ def scale_by_sign(mask: Any = None) -> GradientTransformation:
     """
     spec = HyperparamSpec("scale_by_sign")
 
-    def rule(g, *, hp, t):
+    def rule(g):
         return jnp.sign(g), ()
 
-    return elementwise("scale_by_sign", rule, ScaleBySignState, spec, complex_ok=False, mask=mask)
+    return elementwise(rule, ScaleBySignState, spec, complex_ok=False, mask=mask)
 
 
 class ScaleByLionState(NamedTuple):
@@ -111,12 +112,12 @@ def scale_by_lion(
         Optimization Algorithms*, NeurIPS 2023.
     """
     check_state_dtype("scale_by_lion", "mu_dtype", mu_dtype)
-    spec = HyperparamSpec("scale_by_lion", b1=(b1, "closed_unit_interval"), b2=(b2, "closed_unit_interval"))
+    spec = HyperparamSpec("scale_by_lion", b1=(b1, Check.CLOSED_UNIT_INTERVAL), b2=(b2, Check.CLOSED_UNIT_INTERVAL))
 
-    def rule(g, mu, *, hp, t):
-        u = jnp.sign(hp.b1 * mu + (1 - hp.b1) * g)
-        mu = hp.b2 * mu + (1 - hp.b2) * g
+    def rule(g, mu, *, b1, b2):
+        u = jnp.sign(b1 * mu + (1 - b1) * g)
+        mu = b2 * mu + (1 - b2) * g
         return u, (mu,)
 
     slots = [Slot("mu", dtype=mu_dtype)]
-    return elementwise("scale_by_lion", rule, ScaleByLionState, spec, slots=slots, complex_ok=False)
+    return elementwise(rule, ScaleByLionState, spec, slots=slots, complex_ok=False)

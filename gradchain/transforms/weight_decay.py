@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 
 from gradchain._base import GradientTransformation
+from gradchain._checks import Check
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import elementwise
 from gradchain.transforms.scaling import ScalarOrSchedule
@@ -27,13 +28,13 @@ class WeightDecayState(NamedTuple):
     hyperparams: Hyperparams
 
 
-def _decay_rule(g, *, p, hp, t):
-    return g + hp.weight_decay * p, ()
+def _decay_rule(g, *, p, weight_decay):
+    return g + weight_decay * p, ()
 
 
 def _weight_decay(owner: str, weight_decay: ScalarOrSchedule, mask: Any) -> GradientTransformation:
-    spec = HyperparamSpec(owner, weight_decay=(weight_decay, "nonnegative"))
-    return elementwise(owner, _decay_rule, WeightDecayState, spec, uses_params=True, mask=mask)
+    spec = HyperparamSpec(owner, weight_decay=(weight_decay, Check.NONNEGATIVE))
+    return elementwise(_decay_rule, WeightDecayState, spec, uses_params=True, mask=mask)
 
 
 def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientTransformation:

@@ -10,8 +10,9 @@ from jax.typing import DTypeLike
 
 from gradchain import _checks
 from gradchain import tree as tree_util
-from gradchain._base import GradientTransformation, _call_update, _check_transform
-from gradchain._lift import check_state_dtype, saturating_increment
+from gradchain._base import GradientTransformation, with_extra_args_support
+from gradchain._checks import check_state_dtype, check_transformation
+from gradchain._numerics import safe_increment
 
 
 class MultiStepsState(NamedTuple):
@@ -85,7 +86,8 @@ def multi_steps(
     References:
         optax `MultiSteps` (google-deepmind/optax, `optax/_src/wrappers.py`).
     """
-    _check_transform("multi_steps: inner", inner)
+    check_transformation("multi_steps: inner", inner)
+    inner = with_extra_args_support(inner)
     k = _checks.check_int("multi_steps: every_k", every_k, minimum=1)
     acc_dtype = check_state_dtype("multi_steps", "accumulator_dtype", accumulator_dtype)
 
@@ -104,7 +106,7 @@ def multi_steps(
 
         def inner_update():
             mean = jax.tree.map(lambda s, g: (s / k).astype(g.dtype), total, updates)
-            return _call_update(inner, mean, state.inner_state, params, extra_args)
+            return inner.update(mean, state.inner_state, params, **extra_args)
 
         def apply(_):
             new_updates, inner_state = inner_update()
@@ -118,7 +120,7 @@ def multi_steps(
 
         new_updates, inner_state, acc = jax.lax.cond(final, apply, accumulate, None)
         mini_step = jnp.where(final, 0, state.mini_step + 1).astype(jnp.int32)
-        gradient_step = jnp.where(final, saturating_increment(state.gradient_step), state.gradient_step)
+        gradient_step = jnp.where(final, safe_increment(state.gradient_step), state.gradient_step)
         return new_updates, MultiStepsState(mini_step, gradient_step, acc, inner_state)
 
     return GradientTransformation(init, update)

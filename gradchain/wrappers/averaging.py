@@ -21,11 +21,10 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from gradchain import tree as tree_util
-from gradchain._base import GradientTransformation, Params, _call_update, _check_transform
-from gradchain._checks import check_int
-from gradchain._hyperparams import Hyperparams, HyperparamSpec, float_dtype
-from gradchain._lift import check_state_dtype, saturating_increment
-from gradchain._numerics import one_minus_pow
+from gradchain._base import GradientTransformation, Params, with_extra_args_support
+from gradchain._checks import Check, check_int, check_state_dtype, check_transformation
+from gradchain._hyperparams import Hyperparams, HyperparamSpec
+from gradchain._numerics import float_dtype, one_minus_pow, safe_increment
 
 __all__ = [
     "LookaheadState",
@@ -192,14 +191,15 @@ def ema_params(
         Optim. 1992; TensorFlow `tf.train.ExponentialMovingAverage` (`num_updates`);
         Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
     """
-    _check_transform("ema_params: inner", inner)
+    check_transformation("ema_params: inner", inner)
+    inner = with_extra_args_support(inner)
     check_state_dtype("ema_params", "accumulator_dtype", accumulator_dtype)
     for name, flag in (("debias", debias), ("warmup", warmup)):
         if not isinstance(flag, bool):
             raise TypeError(f"ema_params: {name} must be True or False, got {flag!r}")
     if debias and warmup:
         raise ValueError("ema_params: debias and warmup both correct the start of the average; choose one")
-    spec = HyperparamSpec("ema_params", allow_schedules=False, decay=(decay, "unit_interval"))
+    spec = HyperparamSpec("ema_params", allow_schedules=False, decay=(decay, Check.UNIT_INTERVAL))
 
     def init(params):
         state = ParamEmaState(jnp.zeros((), jnp.int32), None, spec.init(), None)
@@ -209,8 +209,8 @@ def ema_params(
     def update(updates, state, params=None, **extra_args):
         _require_params("ema_params", params)
         _check_trees("ema_params", params, updates, state.average, "state.average")
-        updates, inner_state = _call_update(inner, updates, state.inner_state, params, extra_args)
-        count = saturating_increment(state.count)
+        updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+        count = safe_increment(state.count)
         d = state.hyperparams.decay
         t = count.astype(d.dtype)
         if debias:
@@ -287,7 +287,8 @@ def swa(
     References:
         Izmailov et al., *Averaging Weights Leads to Wider Optima and Better Generalization*, UAI 2018.
     """
-    _check_transform("swa: inner", inner)
+    check_transformation("swa: inner", inner)
+    inner = with_extra_args_support(inner)
     start_step = check_int("swa: start_step", start_step, minimum=0)
     every = check_int("swa: every", every, minimum=1)
     check_state_dtype("swa", "accumulator_dtype", accumulator_dtype)
@@ -301,8 +302,8 @@ def swa(
     def update(updates, state, params=None, **extra_args):
         _require_params("swa", params)
         _check_trees("swa", params, updates, state.average, "state.average")
-        updates, inner_state = _call_update(inner, updates, state.inner_state, params, extra_args)
-        count = saturating_increment(state.count)
+        updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+        count = safe_increment(state.count)
         take = (count >= start_step) & ((count - start_step) % every == 0)
         # A step not averaged gets weight 0: the average is unchanged bit for bit.
         weight = jnp.where(take, 1 / (state.n_averaged + 1).astype(float_dtype()), 0).astype(float_dtype())
@@ -416,10 +417,11 @@ def lookahead(
     References:
         Zhang, Lucas, Hinton & Ba, *Lookahead Optimizer: k steps forward, 1 step back*, NeurIPS 2019.
     """
-    _check_transform("lookahead: fast", fast)
+    check_transformation("lookahead: fast", fast)
+    fast = with_extra_args_support(fast)
     sync_period = check_int("lookahead: sync_period", sync_period, minimum=1)
     check_state_dtype("lookahead", "slow_dtype", slow_dtype)
-    spec = HyperparamSpec("lookahead", allow_schedules=False, alpha=(alpha, "closed_unit_interval"))
+    spec = HyperparamSpec("lookahead", allow_schedules=False, alpha=(alpha, Check.CLOSED_UNIT_INTERVAL))
 
     def init(params):
         state = LookaheadState(jnp.zeros((), jnp.int32), None, spec.init(), None)
@@ -429,7 +431,7 @@ def lookahead(
     def update(updates, state, params=None, **extra_args):
         _require_params("lookahead", params)
         _check_trees("lookahead", params, updates, state.slow, "state.slow")
-        updates, inner_state = _call_update(fast, updates, state.inner_state, params, extra_args)
+        updates, inner_state = fast.update(updates, state.inner_state, params, **extra_args)
         steps = state.steps_since_sync + 1
         sync = steps == sync_period
         alpha = state.hyperparams.alpha

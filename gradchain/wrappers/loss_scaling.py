@@ -9,9 +9,10 @@ import jax.numpy as jnp
 
 from gradchain import _checks
 from gradchain import tree as tree_util
-from gradchain._base import GradientTransformation, _call_update, _check_transform
+from gradchain._base import GradientTransformation, with_extra_args_support
+from gradchain._checks import Check, check_transformation
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import saturating_increment
+from gradchain._numerics import safe_increment
 
 
 class DynamicLossScaleState(NamedTuple):
@@ -114,18 +115,19 @@ def dynamic_loss_scale(
     References:
         Micikevicius et al., *Mixed Precision Training*, ICLR 2018; PyTorch `torch.amp.GradScaler`.
     """
-    _check_transform("dynamic_loss_scale: inner", inner)
+    check_transformation("dynamic_loss_scale: inner", inner)
+    inner = with_extra_args_support(inner)
     owner = "dynamic_loss_scale"
-    _checks.check(f"{owner}: init_scale", init_scale, "positive")
+    _checks.check(f"{owner}: init_scale", init_scale, Check.POSITIVE)
     if callable(init_scale) or not float(init_scale) < float(jnp.finfo(jnp.float32).max):
         raise ValueError(f"{owner}: init_scale must be a finite float32 number > 0, got {init_scale!r}")
     growth_interval = _checks.check_int(f"{owner}: growth_interval", growth_interval, minimum=1)
     spec = HyperparamSpec(
         owner,
         allow_schedules=False,
-        growth_factor=(growth_factor, "positive"),
-        backoff_factor=(backoff_factor, "unit_interval"),
-        min_scale=(min_scale, "nonnegative"),
+        growth_factor=(growth_factor, Check.POSITIVE),
+        backoff_factor=(backoff_factor, Check.UNIT_INTERVAL),
+        min_scale=(min_scale, Check.NONNEGATIVE),
     )
     gf, bf = _checks.concrete_float(growth_factor), _checks.concrete_float(backoff_factor)
     if gf is not None and gf < 1:
@@ -161,7 +163,7 @@ def dynamic_loss_scale(
             return jax.tree.map(lambda u, g: jnp.asarray(u).astype(g.dtype), new, updates)
 
         def apply(inner_state):
-            new, new_state = _call_update(inner, grads, inner_state, params, extra_args)
+            new, new_state = inner.update(grads, inner_state, params, **extra_args)
             # The inner state keeps its dtypes: an optax ingredient whose float16 moments meet the
             # float32 unscaled gradients would otherwise promote them and recompile the next step.
             new_state = jax.tree.map(_keep_dtype, new_state, inner_state)
@@ -185,7 +187,7 @@ def dynamic_loss_scale(
         backed_off = jnp.maximum(scale * hp.backoff_factor.astype(jnp.float32), hp.min_scale.astype(jnp.float32))
         new_scale = jnp.where(finite, grown, backed_off).astype(jnp.float32)
         tracker = jnp.where(finite & ~due, successful, 0).astype(jnp.int32)
-        num_skipped = jnp.where(finite, state.num_skipped, saturating_increment(state.num_skipped))
+        num_skipped = jnp.where(finite, state.num_skipped, safe_increment(state.num_skipped))
         return new_updates, DynamicLossScaleState(new_scale, tracker, num_skipped, inner_state, hp)
 
     return GradientTransformation(init, update)

@@ -13,9 +13,11 @@ import jax.numpy as jnp
 
 from gradchain import _packing as packing
 from gradchain import tree as tree_util
-from gradchain._base import GradientTransformation, OptState, _call_update, _check_transform
-from gradchain._hyperparams import _path_str, float_dtype, hyperparams
-from gradchain._lift import saturating_increment
+from gradchain._base import GradientTransformation, OptState, with_extra_args_support
+from gradchain._checks import check_transformation
+from gradchain._hyperparams import hyperparams
+from gradchain._numerics import float_dtype, safe_increment
+from gradchain.tree import path_str
 
 __all__ = ["MonitorState", "metrics", "monitored"]
 
@@ -48,7 +50,7 @@ _NORMS = ("grad_norm", "update_norm", "param_norm")
 
 
 def _top_key(path: tuple) -> str:
-    return _path_str(path[:1]) if path else "<root>"
+    return path_str(path[:1])
 
 
 def _groups(tree: Any) -> dict[str, list[Any]]:
@@ -107,7 +109,8 @@ def monitored(inner: GradientTransformation, *, per_key: bool = False) -> Gradie
         assert m["count"] == 1
         ```
     """
-    _check_transform("monitored: inner", inner)
+    check_transformation("monitored: inner", inner)
+    inner = with_extra_args_support(inner)
     if not isinstance(per_key, bool):
         raise TypeError(f"monitored: per_key must be True or False, got {per_key!r}")
 
@@ -122,7 +125,7 @@ def monitored(inner: GradientTransformation, *, per_key: bool = False) -> Gradie
     def update(updates, state, params=None, **extra_args):
         if params is None:
             raise TypeError("monitored: update needs params to record param_norm; call tx.update(grads, state, params)")
-        new_updates, inner_state = _call_update(inner, updates, state.inner_state, params, extra_args)
+        new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         grad_norm, update_norm, param_norm = _norm(updates), _norm(new_updates), _norm(params)
         ratio = jnp.where(update_norm == 0, 0, update_norm / param_norm).astype(update_norm.dtype)
         recorded = {}
@@ -139,7 +142,7 @@ def monitored(inner: GradientTransformation, *, per_key: bool = False) -> Gradie
                 recorded.update({f"{norm}/{k}": _norm(leaves) for k, leaves in groups.items()})
             recorded = {k: recorded[k] for k in state.per_key}
         new_state = MonitorState(
-            saturating_increment(state.count), grad_norm, update_norm, param_norm, ratio, recorded, inner_state
+            safe_increment(state.count), grad_norm, update_norm, param_norm, ratio, recorded, inner_state
         )
         return new_updates, new_state
 
@@ -156,7 +159,7 @@ def _find(state: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...
     flat = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_monitor_state)[0]
     for path, node in flat:
         if isinstance(node, MonitorState):
-            where = prefix + tuple(_path_str((k,)) for k in path)
+            where = prefix + tree_util.path_parts(path)
             found.append((where, node))
             found.extend(_find(node.inner_state, (*where, "inner_state")))
     return found

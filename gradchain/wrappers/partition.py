@@ -14,323 +14,72 @@ to the leaves of its group only:
 - label and mask trees are matched to the params by path, not by container type: a nested dict of
   labels works for a flax NNX `State`, a dataclass or an equinox module with the same keys.
 
-Leaf paths are written with `/` between keys: `{"layer0": {"bias": b}}` has the leaf `layer0/bias`,
-`[w, b]` the leaves `0` and `1`, an equinox `MLP` the leaves `layers/0/weight`, ... . A flax NNX
-`State` keeps each array in a `Variable`, whose leaf path ends in `/value` (`lin/bias/value`); path
-patterns may leave that last `/value` out.
+How labels and masks are resolved, and how leaf paths are written, is `gradchain._masking`: the
+same resolver serves the `mask=` argument of `adamw` and the other element-wise ingredients.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from gradchain._base import EmptyState, GradientTransformation, _call_update
+from gradchain._base import EmptyState, GradientTransformation, with_extra_args_support
+from gradchain._checks import check_transformation
+from gradchain._masking import (
+    FlatTree,
+    bool_check,
+    check_spec_values,
+    is_trainable,
+    label_check,
+    resolve_spec,
+    show_parts,
+)
 from gradchain._packing import Packed, pack, unpack
 
 PyTree = Any
-Parts = tuple[str, ...]
 
-__all__ = [
-    "MaskedState",
-    "PartitionState",
-    "freeze",
-    "labels_by_path",
-    "mask_by_path",
-    "masked",
-    "partition",
-    "reset_group",
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Leaf paths.
-
-
-def _key_name(key: Any) -> str:
-    if isinstance(key, jax.tree_util.DictKey):
-        return str(key.key)
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return str(key.idx)
-    if isinstance(key, jax.tree_util.FlattenedIndexKey):
-        return str(key.key)
-    return str(key)
-
-
-def _show(parts: Parts) -> str:
-    return "/".join(parts) or "<root>"
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
-
-
-def _is_trainable(x: Any) -> bool:
-    """A floating-point (or complex) array, concrete, traced or abstract: what a group optimizes."""
-    dtype = getattr(x, "dtype", None)
-    if dtype is None or not hasattr(x, "shape"):
-        return False
-    try:
-        return bool(jnp.issubdtype(dtype, jnp.inexact))
-    except TypeError:  # float0 and other dtypes numpy does not know
-        return False
-
-
-def _is_function(spec: Any) -> bool:
-    # An equinox module is callable but is a pytree node (a label tree built over a module is one).
-    if not callable(spec):
-        return False
-    leaves = jax.tree.leaves(spec, is_leaf=_is_none)
-    return len(leaves) == 1 and leaves[0] is spec
-
-
-class _Flat(NamedTuple):
-    """A tree flattened with `None` as a leaf: its structure, and every leaf with its path."""
-
-    treedef: Any
-    parts: list[Parts]
-    leaves: list[Any]
-
-    @classmethod
-    def of(cls, tree: PyTree) -> _Flat:
-        flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
-        return cls(treedef, [tuple(_key_name(k) for k in path) for path, _ in flat], [x for _, x in flat])
-
-    def view(self) -> PyTree:
-        """The tree with every leaf that is not a floating-point array replaced by None."""
-        return self.treedef.unflatten([x if _is_trainable(x) else None for x in self.leaves])
-
-    def examples(self) -> str:
-        shown = [_show(p) for p, x in zip(self.parts, self.leaves, strict=True) if _is_trainable(x)]
-        return ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else "") if shown else "none"
-
-
-def _resolve(owner: str, what: str, spec: Any, flat: _Flat, check_value: Callable[[Parts, Any], None]) -> dict:
-    """The value `spec` gives every trainable leaf of `flat`, keyed by the leaf's path.
-
-    `spec` is a tree whose leaves apply to the subtree at their path (a prefix tree), or a function
-    of the params (called with non-array leaves as None) returning one. Matching goes by path, so
-    the spec's containers need not be the params' (a dict of labels for an NNX `State`).
-    """
-    if _is_function(spec):
-        spec = spec(flat.view())
-    table: dict[Parts, Any] = {}
-    for path, value in jax.tree_util.tree_flatten_with_path(spec, is_leaf=_is_none)[0]:
-        table[tuple(_key_name(k) for k in path)] = value
-    prefixes = {parts[:k] for parts in flat.parts for k in range(len(parts) + 1)}
-    for parts in table:
-        if parts not in prefixes:
-            raise ValueError(
-                f"{owner}: the {what} tree has an entry at {_show(parts)}, which is not a leaf or subtree "
-                f"of the params (params leaves: {flat.examples()})"
-            )
-    out = {}
-    for parts, leaf in zip(flat.parts, flat.leaves, strict=True):
-        if not _is_trainable(leaf):
-            continue
-        value = next((table[parts[:k]] for k in range(len(parts), -1, -1) if parts[:k] in table), None)
-        if value is None:
-            raise ValueError(f"{owner}: the {what} tree gives no value for the params leaf {_show(parts)}")
-        check_value(parts, value)
-        out[parts] = value
-    return out
-
-
-def _check_label(owner: str, labels: Sequence[str]) -> Callable[[Parts, Any], None]:
-    def check(parts: Parts, value: Any) -> None:
-        if not isinstance(value, str):
-            raise TypeError(f"{owner}: labels must be strings, got {value!r} for leaf {_show(parts)}")
-        if value not in labels:
-            raise ValueError(
-                f"{owner}: leaf {_show(parts)} has the label {value!r}, which has no transformation; "
-                f"labels with one: {', '.join(map(repr, labels))}"
-            )
-
-    return check
-
-
-def _check_bool(owner: str) -> Callable[[Parts, Any], None]:
-    def check(parts: Parts, value: Any) -> None:
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{owner}: mask leaves must be booleans, got {value!r} for leaf {_show(parts)}")
-
-    return check
-
-
-def _check_static(owner: str, what: str, spec: Any, check_value: Callable[[Parts, Any], None]) -> None:
-    """Check a spec's values when the transformation is built (a function is checked when it runs)."""
-    if _is_function(spec):
-        return
-    for path, value in jax.tree_util.tree_flatten_with_path(spec)[0]:
-        check_value(tuple(_key_name(k) for k in path), value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Path patterns.
-
-
-class _PathRules:
-    """A function `params -> tree of values`, from glob patterns over leaf paths (first match wins)."""
-
-    def __init__(self, owner: str, rules: Sequence[tuple[str, Any]], default: Any, kind: str):
-        self.owner = owner
-        self.rules = tuple(rules)
-        self.default = default
-        self.kind = kind
-
-    def __repr__(self) -> str:
-        return f"{self.owner}({dict(self.rules)!r}, default={self.default!r})"
-
-    def __call__(self, tree: PyTree) -> PyTree:
-        flat = _Flat.of(tree)
-        used = [False] * len(self.rules)
-        values = []
-        for parts, leaf in zip(flat.parts, flat.leaves, strict=True):
-            if not _is_trainable(leaf):
-                values.append(None)
-                continue
-            names = [_show(parts)]
-            if len(parts) > 1 and parts[-1] == "value":  # flax NNX: the array sits in Variable.value
-                names.append(_show(parts[:-1]))
-            hit = next(
-                (i for i, (pattern, _) in enumerate(self.rules) if any(fnmatch.fnmatchcase(n, pattern) for n in names)),
-                None,
-            )
-            if hit is not None:
-                used[hit] = True
-                values.append(self.rules[hit][1])
-            elif self.default is not None:
-                values.append(self.default)
-            else:
-                patterns = ", ".join(repr(p) for p, _ in self.rules)
-                raise ValueError(
-                    f"{self.owner}: leaf {_show(parts)} matches none of the patterns ({patterns}) "
-                    f"and no default was given"
-                )
-        unused = [pattern for (pattern, _), u in zip(self.rules, used, strict=True) if not u]
-        if unused:
-            raise ValueError(
-                f"{self.owner}: pattern {unused[0]!r} matches no leaf of the params (params leaves: {flat.examples()})"
-            )
-        return flat.treedef.unflatten(values)
-
-
-def labels_by_path(
-    rules: Mapping[str, str] | Sequence[tuple[str, str]], *, default: str | None = None
-) -> Callable[[PyTree], PyTree]:
-    """Label the leaves of the params by glob patterns over their paths, for `partition`.
-
-    A leaf's path joins its keys with `/` (`"encoder/layer0/bias"`, `"layers/1/weight"`; a flax
-    NNX `State` leaf may be named with or without its final `/value`). Patterns are matched with
-    `fnmatch` (`*` also matches `/`), in order; the first pattern that matches a leaf gives its
-    label. Leaves that are not floating-point arrays get no label.
-
-    Args:
-        rules: `pattern -> label`, a mapping or a sequence of pairs, tried in order.
-        default: the label of leaves that match no pattern; None makes such a leaf an error.
-
-    Returns:
-        A function `params -> tree of labels`, to pass as `partition`'s `labels`. It raises
-        ValueError naming the leaf when a leaf matches nothing (with no default), and naming the
-        pattern when a pattern matches no leaf (a typo, most likely).
-
-    Example:
-        ```python
-        import jax.numpy as jnp
-        import gradchain as gc
-
-        params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}, "norm": {"scale": jnp.ones(3)}}
-        labels = gc.labels_by_path({"*bias": "no_decay", "norm/*": "no_decay"}, default="decay")(params)
-        assert labels == {"dense": {"kernel": "decay", "bias": "no_decay"}, "norm": {"scale": "no_decay"}}
-        ```
-    """
-    pairs = list(rules.items()) if isinstance(rules, Mapping) else [tuple(r) for r in rules]
-    for pair in pairs:
-        if len(pair) != 2 or not isinstance(pair[0], str) or not isinstance(pair[1], str):
-            raise TypeError(f"labels_by_path: rules must be (pattern, label) pairs of strings, got {pair!r}")
-    if default is not None and not isinstance(default, str):
-        raise TypeError(f"labels_by_path: default must be a string label or None, got {default!r}")
-    return _PathRules("labels_by_path", pairs, default, "label")
-
-
-def mask_by_path(*patterns: str) -> Callable[[PyTree], PyTree]:
-    """Select the leaves of the params whose paths match any of the glob patterns, for `masked`/`freeze`.
-
-    Paths and patterns are as in `labels_by_path`: `"*bias"` selects every bias, `"encoder/*"`
-    every leaf under `encoder`.
-
-    Args:
-        *patterns: one or more `fnmatch` patterns.
-
-    Returns:
-        A function `params -> tree of bools`. It raises ValueError naming a pattern that matches no
-        leaf.
-
-    Example:
-        ```python
-        import jax.numpy as jnp
-        import gradchain as gc
-
-        params = {"encoder": {"w": jnp.ones(2)}, "head": {"w": jnp.ones(2)}}
-        assert gc.mask_by_path("encoder/*")(params) == {"encoder": {"w": True}, "head": {"w": False}}
-        ```
-    """
-    if not patterns:
-        raise ValueError("mask_by_path: give at least one pattern")
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise TypeError(f"mask_by_path: patterns must be strings, got {pattern!r}")
-    return _PathRules("mask_by_path", [(p, True) for p in patterns], False, "mask")
+__all__ = ["MaskedState", "PartitionState", "freeze", "masked", "partition", "reset_group"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Running transformations on groups of leaves.
 
 
-def _check_transform(where: str, tx: Any) -> None:
-    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
-        raise TypeError(f"{where} must be a GradientTransformation (with init and update), got {tx!r}")
-
-
 class _Groups:
     """Split a tree into groups of leaves (others as None), run one transformation per group, merge."""
 
-    def __init__(self, owner: str, transforms: Mapping[str, Any], assign: Callable[[_Flat], dict]):
+    def __init__(self, owner: str, transforms: Mapping[str, Any], assign: Callable[[FlatTree], dict]):
         self.owner = owner
-        self.transforms = dict(transforms)
+        self.transforms = {label: with_extra_args_support(tx) for label, tx in transforms.items()}
         self.assign = assign  # flat params -> {path: label} for the trainable leaves
 
-    def subtree(self, flat: _Flat, groups: dict, label: str, source: dict | None = None) -> PyTree:
+    def subtree(self, flat: FlatTree, groups: dict, label: str, source: dict | None = None) -> PyTree:
         """The tree of `flat` with the leaves of group `label` (taken from `source`, by path) and None elsewhere."""
         leaves = []
         for parts, leaf in zip(flat.parts, flat.leaves, strict=True):
-            keep = _is_trainable(leaf) and groups.get(parts) == label
+            keep = is_trainable(leaf) and groups.get(parts) == label
             leaves.append((leaf if source is None else source.get(parts)) if keep else None)
         return flat.treedef.unflatten(leaves)
 
     def init(self, params: PyTree, labels: Sequence[str]) -> dict[str, Any]:
-        flat = _Flat.of(unpack(params))
+        flat = FlatTree.of(unpack(params))
         groups = self.assign(flat)
         return {label: self.transforms[label].init(self.subtree(flat, groups, label)) for label in labels}
 
     def update(self, updates, states: Mapping[str, Any], params, extra_args) -> tuple[PyTree, dict[str, Any]]:
         layout = updates.layout if isinstance(updates, Packed) else None
-        flat = _Flat.of(unpack(updates))
-        source = flat if params is None else _Flat.of(unpack(params))
+        flat = FlatTree.of(unpack(updates))
+        source = flat if params is None else FlatTree.of(unpack(params))
         groups = self.assign(source)
         by_path = None if params is None else dict(zip(source.parts, source.leaves, strict=True))
         for parts, leaf in zip(flat.parts, flat.leaves, strict=True):
-            if _is_trainable(leaf) and parts not in groups:
+            if is_trainable(leaf) and parts not in groups:
                 raise ValueError(
-                    f"{self.owner}: the updates leaf {_show(parts)} is not a floating-point leaf of the params "
+                    f"{self.owner}: the updates leaf {show_parts(parts)} is not a floating-point leaf of the params "
                     f"(params leaves: {source.examples()})"
                 )
         out = list(flat.leaves)
@@ -338,15 +87,15 @@ class _Groups:
         for label, tx in self.transforms.items():
             sub_updates = self.subtree(flat, groups, label)
             sub_params = None if by_path is None else self.subtree(flat, groups, label, by_path)
-            new, new_states[label] = _call_update(tx, sub_updates, states[label], sub_params, extra_args)
-            new_flat = _Flat.of(new)
+            new, new_states[label] = tx.update(sub_updates, states[label], sub_params, **extra_args)
+            new_flat = FlatTree.of(new)
             if new_flat.treedef != flat.treedef:
                 raise ValueError(
                     f"{self.owner}: the transformation of group {label!r} returned updates of another tree "
                     f"structure:\n  expected: {flat.treedef}\n  got:      {new_flat.treedef}"
                 )
             for i, (parts, leaf) in enumerate(zip(flat.parts, flat.leaves, strict=True)):
-                if _is_trainable(leaf) and groups.get(parts) == label:
+                if is_trainable(leaf) and groups.get(parts) == label:
                     out[i] = new_flat.leaves[i]
         merged = flat.treedef.unflatten(out)
         return (pack(merged, layout) if layout is not None else merged), new_states
@@ -398,12 +147,12 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
         assert jnp.allclose(u["w"], -0.1) and jnp.allclose(u["b"], 1.0)
         ```
     """
-    _check_transform("masked: inner", inner)
-    check = _check_bool("masked")
-    _check_static("masked", "mask", mask, check)
+    check_transformation("masked: inner", inner)
+    check = bool_check("masked")
+    check_spec_values("masked", "mask", mask, check)
 
-    def assign(flat: _Flat) -> dict:
-        selected = _resolve("masked", "mask", mask, flat, check)
+    def assign(flat: FlatTree) -> dict:
+        selected = resolve_spec("masked", "mask", mask, flat, check)
         # Unselected leaves map to None: known leaves of the params, in no group.
         return {parts: "inner" if on else None for parts, on in selected.items()}
 
@@ -541,18 +290,18 @@ def partition(transforms: Mapping[str, GradientTransformation], labels: Any) -> 
     for label, tx in transforms.items():
         if not isinstance(label, str):
             raise TypeError(f"partition: labels must be strings, got the transforms key {label!r}")
-        _check_transform(f"partition: transforms[{label!r}]", tx)
+        check_transformation(f"partition: transforms[{label!r}]", tx)
     names = tuple(transforms)
-    check = _check_label("partition", names)
-    _check_static("partition", "labels", labels, check)
+    check = label_check("partition", names)
+    check_spec_values("partition", "labels", labels, check)
 
-    def assign(flat: _Flat) -> dict:
-        return _resolve("partition", "labels", labels, flat, check)
+    def assign(flat: FlatTree) -> dict:
+        return resolve_spec("partition", "labels", labels, flat, check)
 
     groups = _Groups("partition", transforms, assign)
 
     def init(params):
-        used = set(assign(_Flat.of(unpack(params))).values())
+        used = set(assign(FlatTree.of(unpack(params))).values())
         unused = [label for label in names if label not in used]
         if unused:
             warnings.warn(
@@ -674,8 +423,8 @@ def freeze(mask: Any = True) -> GradientTransformation:
         assert state["train"][0].mu["encoder"]["w"] is None  # no moments for frozen leaves
         ```
     """
-    check = _check_bool("freeze")
-    _check_static("freeze", "mask", mask, check)
+    check = bool_check("freeze")
+    check_spec_values("freeze", "mask", mask, check)
 
     def init(params):
         del params
@@ -684,11 +433,11 @@ def freeze(mask: Any = True) -> GradientTransformation:
     def update(updates, state, params=None, **extra_args):
         del extra_args
         layout = updates.layout if isinstance(updates, Packed) else None
-        flat = _Flat.of(unpack(updates))
-        source = flat if params is None else _Flat.of(unpack(params))
-        selected = _resolve("freeze", "mask", mask, source, check)
+        flat = FlatTree.of(unpack(updates))
+        source = flat if params is None else FlatTree.of(unpack(params))
+        selected = resolve_spec("freeze", "mask", mask, source, check)
         out = [
-            jnp.zeros_like(leaf) if _is_trainable(leaf) and selected.get(parts, False) else leaf
+            jnp.zeros_like(leaf) if is_trainable(leaf) and selected.get(parts, False) else leaf
             for parts, leaf in zip(flat.parts, flat.leaves, strict=True)
         ]
         merged = flat.treedef.unflatten(out)

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 from gradchain import _checks
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation
-from gradchain._hyperparams import Hyperparams, HyperparamSpec, float_dtype
-from gradchain._lift import saturating_increment
+from gradchain._checks import Check
+from gradchain._hyperparams import Hyperparams, HyperparamSpec
+from gradchain._numerics import float_dtype, safe_increment
 
 
 class ReduceOnPlateauState(NamedTuple):
@@ -130,10 +131,10 @@ def reduce_on_plateau(
     spec = HyperparamSpec(
         owner,
         allow_schedules=False,
-        factor=(factor, "unit_interval"),
-        threshold=(threshold, "nonnegative"),
-        min_scale=(min_scale, "nonnegative"),
-        eps=(eps, "nonnegative"),
+        factor=(factor, Check.UNIT_INTERVAL),
+        threshold=(threshold, Check.NONNEGATIVE),
+        min_scale=(min_scale, Check.NONNEGATIVE),
+        eps=(eps, Check.NONNEGATIVE),
     )
 
     def init(params):
@@ -159,7 +160,7 @@ def reduce_on_plateau(
         hp = state.hyperparams
         better = is_better(v, state.best_value, hp.threshold)
         best = jnp.where(better, v, state.best_value)
-        bad = jnp.where(better, 0, saturating_increment(state.plateau_count))
+        bad = jnp.where(better, 0, safe_increment(state.plateau_count))
         in_cooldown = state.cooldown_count > 0
         cooldown_count = jnp.where(in_cooldown, state.cooldown_count - 1, state.cooldown_count)
         bad = jnp.where(in_cooldown, 0, bad)

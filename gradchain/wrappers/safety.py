@@ -10,10 +10,10 @@ import numpy as np
 
 from gradchain import _checks
 from gradchain import tree as tree_util
-from gradchain._base import GradientTransformation, _call_update, _check_transform
+from gradchain._base import GradientTransformation, with_extra_args_support
+from gradchain._checks import Check, check_transformation
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
-from gradchain._lift import saturating_increment
-from gradchain._numerics import one_minus_pow
+from gradchain._numerics import one_minus_pow, safe_increment
 
 
 def _update_or_skip(run: jax.Array, inner: Any, updates, inner_state, params, extra_args):
@@ -24,7 +24,7 @@ def _update_or_skip(run: jax.Array, inner: Any, updates, inner_state, params, ex
     """
 
     def step(_):
-        return _call_update(inner, updates, inner_state, params, extra_args)
+        return inner.update(updates, inner_state, params, **extra_args)
 
     def skip(_):
         # Zeros shaped like the inner update's output; eval_shape traces it, it does not run it.
@@ -126,7 +126,8 @@ def apply_if_finite(
     References:
         optax `apply_if_finite` (google-deepmind/optax, `optax/_src/wrappers.py`).
     """
-    _check_transform("apply_if_finite: inner", inner)
+    check_transformation("apply_if_finite: inner", inner)
+    inner = with_extra_args_support(inner)
     limit = _checks.check_int("apply_if_finite: max_consecutive_errors", max_consecutive_errors, minimum=0)
     if on_too_many not in _ON_TOO_MANY:
         raise ValueError(f"apply_if_finite: on_too_many must be one of {_ON_TOO_MANY}, got {on_too_many!r}")
@@ -141,8 +142,8 @@ def apply_if_finite(
         paths = tuple(tree_util.path_str(p) for p, _ in flat)
         flags = jnp.stack([jnp.all(jnp.isfinite(x)) for _, x in flat]) if flat else jnp.ones((0,), jnp.bool_)
         finite = jnp.all(flags)
-        count = jnp.where(finite, 0, saturating_increment(state.notfinite_count))
-        total = jnp.where(finite, state.total_notfinite, saturating_increment(state.total_notfinite))
+        count = jnp.where(finite, 0, safe_increment(state.notfinite_count))
+        total = jnp.where(finite, state.total_notfinite, safe_increment(state.total_notfinite))
         too_many = count > limit
 
         if on_too_many == "raise":
@@ -280,9 +281,10 @@ def skip_on_spike(
         The loss-spike skipping of large-model training runs, e.g. Chowdhery et al., *PaLM: Scaling
         Language Modeling with Pathways* (2022), §5.1; optax has no equivalent.
     """
-    _check_transform("skip_on_spike: inner", inner)
+    check_transformation("skip_on_spike: inner", inner)
+    inner = with_extra_args_support(inner)
     spec = HyperparamSpec(
-        "skip_on_spike", allow_schedules=False, factor=(factor, "positive"), decay=(decay, "unit_interval")
+        "skip_on_spike", allow_schedules=False, factor=(factor, Check.POSITIVE), decay=(decay, Check.UNIT_INTERVAL)
     )
     warmup = _checks.check_int("skip_on_spike: warmup_steps", warmup_steps, minimum=1)
     if watch not in _WATCH:
@@ -335,9 +337,9 @@ def skip_on_spike(
         new_state = SkipOnSpikeState(
             loss_avg=loss_avg,
             grad_norm_avg=norm_avg,
-            accepted=jnp.where(skip, n, saturating_increment(n)),
-            consecutive_skips=jnp.where(skip, saturating_increment(state.consecutive_skips), 0).astype(jnp.int32),
-            total_skips=jnp.where(skip, saturating_increment(state.total_skips), state.total_skips),
+            accepted=jnp.where(skip, n, safe_increment(n)),
+            consecutive_skips=jnp.where(skip, safe_increment(state.consecutive_skips), 0).astype(jnp.int32),
+            total_skips=jnp.where(skip, safe_increment(state.total_skips), state.total_skips),
             last_skipped=skip,
             loss=loss.astype(jnp.float32),
             grad_norm=norm,

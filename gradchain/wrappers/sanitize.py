@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from gradchain import tree as tree_util
 from gradchain._base import EmptyState, GradientTransformation
-from gradchain._lift import check_leaf_dtypes
+from gradchain._checks import check_leaf_dtypes
 
 
 class ZeroNansState(NamedTuple):
