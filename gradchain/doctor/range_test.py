@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation, apply_updates
 from gradchain._checks import check_int
 from gradchain._numerics import float_dtype
@@ -193,7 +194,7 @@ def _check_params(params: Any) -> None:
     for path, leaf in flat:
         dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
         if not jnp.issubdtype(dtype, jnp.floating):
-            where = jax.tree_util.keystr(tuple(path)) or "<root>"
+            where = tree_util.path_str(path)
             raise TypeError(
                 f"lr_range_test: params must be floating point; leaf {where} has dtype {np.dtype(dtype).name}"
             )
@@ -215,7 +216,7 @@ def _check_batches(batch: Any, batches: Any, steps: int) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tuple(batches))[0]:
         shape = np.shape(leaf)
         if not shape or shape[0] != steps:
-            where = "batches" + jax.tree_util.keystr(tuple(path))
+            where = "batches/" + tree_util.path_str(path)
             raise ValueError(
                 f"lr_range_test: {where} must be stacked on a leading axis of length steps={steps} "
                 f"(step t uses a[t]); got shape {shape}"
