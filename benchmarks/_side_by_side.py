@@ -30,8 +30,8 @@ def time_interleaved(steps: Mapping[str, Step], *, rounds: int, block: int, warm
 
     Every variant first runs `warmup` untimed steps (its compilation, the first touch of donated
     buffers). The order of the variants rotates every round, so that none always runs right after
-    the same other one. Python's garbage collector is paused while a round runs and collects between
-    rounds: a collection inside a timed step would charge its pause to whichever variant it hit.
+    the same other one. Python's garbage collector is paused while the rounds run and collects
+    between them: a collection inside a timed step would charge its pause to whichever variant it hit.
 
     Args:
         steps: `name -> step`; each step must block until its outputs are ready.
@@ -48,22 +48,25 @@ def time_interleaved(steps: Mapping[str, Step], *, rounds: int, block: int, warm
             steps[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
     was_enabled = gc.isenabled()
+    # Everything alive now (jax, torch, the models) moves to a generation that is never collected, so
+    # that the collection between rounds looks at what the steps allocated only: a full collection
+    # of a process holding jax and torch takes ~0.1 s, longer than many rounds.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     try:
         for r in range(rounds):
-            gc.collect()
-            gc.disable()
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 step, out = steps[name], samples[name]
                 for _ in range(block):
                     start = time.perf_counter()
                     step()
                     out.append(time.perf_counter() - start)
-            gc.enable()
+            gc.collect()
     finally:
+        gc.unfreeze()
         if was_enabled:
             gc.enable()
-        else:
-            gc.disable()
     return samples
 
 
