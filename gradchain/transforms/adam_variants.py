@@ -23,7 +23,7 @@ from gradchain._checks import Check, check, check_leaf_dtypes, check_state_dtype
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import Slot, elementwise
 from gradchain._numerics import compute_dtype, one_minus_pow, real_dtype, safe_increment
-from gradchain.transforms.adaptive import ScaleByAdamState, first_moment_hat
+from gradchain.transforms.adaptive import ScaleByAdamState, adam_spec, first_moment_hat
 from gradchain.tree import abs_sq
 
 # ---------------------------------------------------------------------------------------------------
@@ -93,13 +93,7 @@ def scale_by_belief(
     owner = "scale_by_belief"
     check_state_dtype(owner, "mu_dtype", mu_dtype)
     check_state_dtype(owner, "nu_dtype", nu_dtype)
-    spec = HyperparamSpec(
-        owner,
-        b1=(b1, Check.UNIT_INTERVAL),
-        b2=(b2, Check.UNIT_INTERVAL),
-        eps=(eps, Check.NONNEGATIVE),
-        eps_root=(eps_root, Check.NONNEGATIVE),
-    )
+    spec = adam_spec(owner, b1, b2, eps, eps_root=(eps_root, Check.NONNEGATIVE))
 
     def rule(g, mu, nu, *, b1, b2, eps, eps_root, t):
         mu = b1 * mu + (1 - b1) * g
@@ -173,13 +167,7 @@ def scale_by_yogi(
     check(f"{owner}: initial_accumulator_value", initial_accumulator_value, Check.NONNEGATIVE)
     check_state_dtype(owner, "mu_dtype", mu_dtype)
     check_state_dtype(owner, "nu_dtype", nu_dtype)
-    spec = HyperparamSpec(
-        owner,
-        b1=(b1, Check.UNIT_INTERVAL),
-        b2=(b2, Check.UNIT_INTERVAL),
-        eps=(eps, Check.NONNEGATIVE),
-        eps_root=(eps_root, Check.NONNEGATIVE),
-    )
+    spec = adam_spec(owner, b1, b2, eps, eps_root=(eps_root, Check.NONNEGATIVE))
 
     def rule(g, mu, nu, *, b1, b2, eps, eps_root, t):
         mu = b1 * mu + (1 - b1) * g

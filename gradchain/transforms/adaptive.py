@@ -161,7 +161,7 @@ class ScaleByAdamState(NamedTuple):
     hyperparams: Hyperparams
 
 
-def _adam_spec(owner: str, b1, b2, eps, **extra: tuple) -> HyperparamSpec:
+def adam_spec(owner: str, b1, b2, eps, **extra: tuple) -> HyperparamSpec:
     return HyperparamSpec(
         owner, b1=(b1, Check.UNIT_INTERVAL), b2=(b2, Check.UNIT_INTERVAL), eps=(eps, Check.NONNEGATIVE), **extra
     )
@@ -234,7 +234,7 @@ def scale_by_adam(
     """
     check_state_dtype("scale_by_adam", "mu_dtype", mu_dtype)
     check_state_dtype("scale_by_adam", "nu_dtype", nu_dtype)
-    spec = _adam_spec("scale_by_adam", b1, b2, eps, eps_root=(eps_root, Check.NONNEGATIVE))
+    spec = adam_spec("scale_by_adam", b1, b2, eps, eps_root=(eps_root, Check.NONNEGATIVE))
 
     def rule(g, mu, nu, *, b1, b2, eps, eps_root, t):
         mu = b1 * mu + (1 - b1) * g
@@ -309,7 +309,7 @@ def scale_by_amsgrad(
     """
     check_state_dtype("scale_by_amsgrad", "mu_dtype", mu_dtype)
     check_state_dtype("scale_by_amsgrad", "nu_dtype", nu_dtype)
-    spec = _adam_spec("scale_by_amsgrad", b1, b2, eps, eps_root=(eps_root, Check.NONNEGATIVE))
+    spec = adam_spec("scale_by_amsgrad", b1, b2, eps, eps_root=(eps_root, Check.NONNEGATIVE))
 
     def rule(g, mu, nu, nu_max, *, b1, b2, eps, eps_root, t):
         mu = b1 * mu + (1 - b1) * g
@@ -365,7 +365,7 @@ def scale_by_adamax(
     References:
         Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015, section 7.1.
     """
-    spec = _adam_spec("scale_by_adamax", b1, b2, eps)
+    spec = adam_spec("scale_by_adamax", b1, b2, eps)
 
     def rule(g, mu, nu, *, b1, b2, eps, t):
         mu = b1 * mu + (1 - b1) * g
@@ -439,7 +439,7 @@ def scale_by_nadam(
     """
     check_state_dtype("scale_by_nadam", "mu_dtype", mu_dtype)
     check_state_dtype("scale_by_nadam", "nu_dtype", nu_dtype)
-    spec = _adam_spec("scale_by_nadam", b1, b2, eps, momentum_decay=(momentum_decay, Check.NONNEGATIVE))
+    spec = adam_spec("scale_by_nadam", b1, b2, eps, momentum_decay=(momentum_decay, Check.NONNEGATIVE))
 
     def scalar_rule(*, b1, momentum_decay, t, mu_product):
         return {"mu_product": mu_product * _momentum_coefficient(b1, momentum_decay, t)}
