@@ -9,10 +9,13 @@ taking medians spreads those moments over all of them alike.
 
 from __future__ import annotations
 
+import argparse
 import gc  # Python's garbage collector (gradchain is not imported in this module)
+import json
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -153,3 +156,17 @@ def machine_lines(machine: dict[str, Any]) -> list[str]:
         f"- Versions: {versions}.",
         f"- Date {machine['date']}; load average (1, 5, 15 min) at the start: {load}.",
     ]
+
+
+def cli_main(description: str, run, markdown, quick, full, argv: list[str] | None = None) -> None:
+    """The command line both benchmarks share: `--quick`, `--json PATH`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and steps")
+    parser.add_argument("--json", type=Path, help="write the raw numbers (every step time) here")
+    args = parser.parse_args(argv)
+    report = run(quick if args.quick else full)
+    print(markdown(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+        print(f"wrote {args.json}")

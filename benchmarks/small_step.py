@@ -27,14 +27,11 @@ are timed interleaved (`_side_by_side.time_interleaved`), each step until its ou
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -47,7 +44,7 @@ import gradchain as gc
 from benchmarks import _report
 from benchmarks._machine import machine_info
 from benchmarks._measure import PARAMS_RTOL, UPDATE_RTOL, agreement
-from benchmarks._side_by_side import UpdateStep, machine_lines, median_us, path_arrays, time_interleaved
+from benchmarks._side_by_side import UpdateStep, cli_main, machine_lines, median_us, path_arrays, time_interleaved
 
 WIDTHS = (64, 64, 64, 10)  # input, two hidden layers, output
 BATCH = 32
@@ -326,16 +323,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: `--quick`, `--json PATH`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds: under ~20 s")
-    parser.add_argument("--json", type=Path, help="write the raw numbers (every step time) here")
-    args = parser.parse_args(argv)
-    report = run(QUICK if args.quick else Config())
-    print(markdown(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=str))
-        print(f"wrote {args.json}")
+    cli_main(__doc__.splitlines()[0], run, markdown, QUICK, Config(), argv)
 
 
 if __name__ == "__main__":

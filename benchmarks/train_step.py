@@ -24,12 +24,9 @@ All variants are timed interleaved (`_side_by_side.time_interleaved`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -44,6 +41,7 @@ from benchmarks._machine import machine_info
 from benchmarks._measure import PARAMS_RTOL, UPDATE_RTOL, agreement
 from benchmarks._side_by_side import (
     UpdateStep,
+    cli_main,
     compile_seconds,
     machine_lines,
     median_us,
@@ -367,16 +365,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: `--quick`, `--json PATH`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 2-layer transformer, fewer rounds: under ~60 s")
-    parser.add_argument("--json", type=Path, help="write the raw numbers (every step time) here")
-    args = parser.parse_args(argv)
-    report = run(QUICK if args.quick else Config())
-    print(markdown(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=str))
-        print(f"wrote {args.json}")
+    cli_main(__doc__.splitlines()[0], run, markdown, QUICK, Config(), argv)
 
 
 if __name__ == "__main__":
