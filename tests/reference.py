@@ -424,7 +424,7 @@ def state_buffers(state: Any) -> Iterator[tuple[str, str, Any]]:
         for field in BUFFER_FIELDS:
             if field in state._fields:
                 for path, leaf in jax.tree_util.tree_flatten_with_path(getattr(state, field))[0]:
-                    yield field, jax.tree_util.keystr(path), leaf
+                    yield field, gc.tree.path_str(path), leaf
     elif isinstance(state, tuple):
         for s in state:
             yield from state_buffers(s)

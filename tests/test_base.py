@@ -347,6 +347,13 @@ NOT_TRANSFORMATIONS = {
     "find_linesearch_state",
     "minimize",
     "MinimizeResult",
+    # the extension contract: builders of ingredients and wrappers, not transformations
+    "with_extra_args_support",
+    "safe_increment",
+    "elementwise",
+    "Slot",
+    "HyperparamSpec",
+    "Check",
 }
 
 

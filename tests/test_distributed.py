@@ -127,7 +127,7 @@ def test_init_leaves_uncommitted_params_state_uncommitted():
     params, x, y = _least_squares()
     assert not any(p.committed for p in jax.tree.leaves(params))
     state = tx.init(params)
-    committed = [f"{f}{p}" for f, p, leaf in state_buffers(state) if leaf.committed]
+    committed = [f"{f} {p}" for f, p, leaf in state_buffers(state) if leaf.committed]
     assert not committed, f"init committed these buffers of uncommitted params to a device: {committed}"
     p_step = jax.pmap(_make_step(tx, "batch"), axis_name="batch")
     replicate = lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (N_DEVICES, *a.shape)), t)  # noqa: E731
@@ -230,13 +230,13 @@ SHARDED_OPTIMIZERS = {
 
 def assert_state_sharded_like_params(state: Any, param_shardings: PyTree, *, exact: bool = False) -> None:
     """Every buffer's sharding is equivalent to its param's (with `exact`, equal as objects too)."""
-    by_path = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+    by_path = {gc.tree.path_str(p): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
     found = list(state_buffers(state))
     assert found, "no per-parameter buffers found in the state"
     for field, path, leaf in found:
         expected = by_path[path]
         assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), (
-            f"state {field}{path} has sharding {leaf.sharding}, expected the param's {expected}"
+            f"state {field} {path} has sharding {leaf.sharding}, expected the param's {expected}"
         )
         if exact:
             assert leaf.sharding == expected, f"state {field}{path}: {leaf.sharding} != {expected}"
@@ -444,8 +444,8 @@ def test_eval_shape_init_carries_param_shardings_with_explicit_axes(explicit_mes
     params, shardings = _sharded_params(explicit_mesh)
     abstract_state = jax.eval_shape(tx.init, _abstract(params))
     for field, path, leaf in state_buffers(abstract_state):
-        expected = _spec(shardings[path[2:-2]], leaf.ndim)
+        expected = _spec(shardings[path], leaf.ndim)
         actual = None if leaf.sharding is None else _spec(leaf.sharding, leaf.ndim)
-        assert actual == expected, f"abstract state {field}{path}: spec {actual}, expected {expected}"
+        assert actual == expected, f"abstract state {field} {path}: spec {actual}, expected {expected}"
     state = jax.jit(tx.init)(params)
     assert_state_sharded_like_params(state, shardings)

@@ -187,7 +187,9 @@ def test_batches_follow_the_per_step_batches():
     for i, lr in enumerate(result.learning_rates):
         curve, final = ref_regression_sgd(lr, xs, ys, (xs[-1], ys[-1]))
         assert_rows_close(result.curves[i], curve, 2e-6)
-        assert result.losses[i] == pytest.approx(final, rel=2e-6, abs=2e-6 * np.max(curve))
+        # The final loss is a float32 evaluation after the last of 12 steps; near divergence (the
+        # largest rates) its roundoff reaches a few 1e-6 of the curve's peak.
+        assert result.losses[i] == pytest.approx(final, rel=2e-6, abs=4e-6 * np.max(curve))
     assert result.initial_loss == pytest.approx(ref_regression_sgd(1.0, xs[:1], ys[:1], (xs[0], ys[0]))[0][0], rel=1e-6)
 
 
@@ -367,7 +369,7 @@ def bad_calls():
             "batches' axis is not steps",
             {**ok, "batch": None, "batches": (x[None], np.stack([y] * 4)), "steps": 4},
             ValueError,
-            r"batches\[0\] must be stacked .* steps=4",
+            r"batches/0 must be stacked .* steps=4",
         ),
         (
             "loss not a scalar",

@@ -325,7 +325,7 @@ def test_half_precision_steps_stay_finite_and_keep_the_gradient_dtype(name):
     assert_all_finite(traj.params, "params")
     for field, path, leaf in state_buffers(traj.state):
         expected = default_storage(field, HALF[path.split("/")[0]])  # path is "f16/..." or "bf16/..."
-        assert leaf.dtype == expected, f"{field}{path}: {leaf.dtype}, expected {expected}"
+        assert leaf.dtype == expected, f"{field} {path}: {leaf.dtype}, expected {expected}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -340,7 +340,7 @@ def test_updates_take_the_gradient_dtype_not_the_param_dtype(name):
         assert_all_finite(updates, "update")
         for field, path, leaf in state_buffers(state):
             expected = default_storage(field, p_dtype)
-            assert leaf.dtype == expected, f"{field}{path}: storage follows the params, got {leaf.dtype}"
+            assert leaf.dtype == expected, f"{field} {path}: storage follows the params, got {leaf.dtype}"
 
 
 @pytest.mark.parametrize("name", ["adagrad", "rmsprop", "adam", "amsgrad", "adamax"])
@@ -411,10 +411,10 @@ def test_float32_state_for_half_params_is_closer_to_the_reference(name):
     plain = run(name, params, grads, apply=False)
 
     for field, path, leaf in state_buffers(mixed.state):
-        assert leaf.dtype == jnp.float32, f"{field}{path}: {leaf.dtype}"
+        assert leaf.dtype == jnp.float32, f"{field} {path}: {leaf.dtype}"
     for field, path, leaf in state_buffers(plain.state):
         expected = default_storage(field, HALF[path.split("/")[0]])
-        assert leaf.dtype == expected, f"{field}{path}: {leaf.dtype}, expected {expected}"
+        assert leaf.dtype == expected, f"{field} {path}: {leaf.dtype}, expected {expected}"
     for traj in (mixed, plain):
         for updates in traj:
             for key, dtype in HALF.items():
@@ -456,7 +456,7 @@ def test_float64_states_updates_hyperparams_and_trajectory(x64, name):
     found = list(state_buffers(traj.state))
     assert found
     for field, path, leaf in found:
-        assert leaf.dtype == jnp.float64, f"{field}{path}: {leaf.dtype}"
+        assert leaf.dtype == jnp.float64, f"{field} {path}: {leaf.dtype}"
     hps = gc.hyperparams(traj.state)
     assert "learning_rate" in hps
     for key, value in hps.items():
@@ -497,7 +497,7 @@ def test_complex64_trajectory_matches_reference_with_real_second_moments(name):
     assert found
     for field, path, leaf in found:
         expected_dtype = jnp.float32 if field in REAL_BUFFER_FIELDS else jnp.complex64
-        assert leaf.dtype == expected_dtype, f"{field}{path}: {leaf.dtype}, expected {expected_dtype}"
+        assert leaf.dtype == expected_dtype, f"{field} {path}: {leaf.dtype}, expected {expected_dtype}"
     # The references accumulate |g|^2 = g * conj(g) in the second moments.
     expected = reference_updates(name, grads, traj.param_history)
     assert_trajectory_close(list(traj), expected, rtol=2e-6)

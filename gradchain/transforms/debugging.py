@@ -43,7 +43,7 @@ def check_finite() -> GradientTransformation:
         try:
             tx.update({"w": jnp.array([1.0, jnp.nan]), "b": jnp.ones(1)}, state, params)
         except FloatingPointError as e:
-            assert "leaf w " in str(e)
+            assert "leaf w" in str(e)
         ```
     """
 
