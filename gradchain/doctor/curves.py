@@ -281,76 +281,18 @@ def diagnose(
     """Read a loss curve and report which of the classic patterns it shows, with evidence and advice.
 
     Host-side numpy (not jitted): call it on the logged losses after training, or every so often
-    during it. The statistics are simple and robust, so that each finding can be checked by eye:
+    during it. The patterns, most severe first: **exploding** (NaN/Inf, or the smoothed loss rising
+    to `explode_factor` times its best), **flat** (never fell by `flat_drop` of its start),
+    **overfitting** (validation ends `overfit_rise` above its minimum while training did not rise),
+    **plateau** (the last `window` brought under `plateau_gain` of the total improvement) and
+    **noisy** (step noise at least `noise_level` of the level). A change counts only when it is
+    larger than the curve's own noise can explain. The exact rules (smoothing, noise estimate,
+    evidence keys, step alignment) are in the Training doctor guide, docs/doctor.md, section
+    "The exact rules".
 
-    - the **smoothed loss** $s_t$: a running median over `smoothing` of the history (truncated at
-      the ends). It follows trends (the median of a monotone stretch is its middle value) and
-      ignores spikes shorter than half its window;
-    - the **start level** $L_0$: the median of the first `smoothing` of the steps; the first loss
-      and the median of the first 3 are also tried, so that a drop within those first steps is
-      seen (the largest significant drop wins);
-    - the **noise**: the step noise $\\sigma$ is the robust spread of the step-to-step differences
-      (median absolute difference / $(0.6745\\sqrt 2)$), measured locally (a running median of
-      them) and on the log scale when every loss is positive (the noise of a loss usually scales
-      with it). A change counts only when it is also larger than the noise allows: 3 standard
-      errors of the two medians compared ($\\sqrt{\\pi/2}\\,\\sigma/\\sqrt k$ for a median of $k$
-      losses), plus $\\sqrt{2 \\ln K}$ standard errors where an extreme was picked out of $K$
-      windows. Noise-free curves are judged by the thresholds alone; noisy ones need a clearer
-      signal.
-
-    The patterns, in order of severity (the loss-curve debugging flowchart of CMU 10-701 lecture 6;
-    the debugging guide of the optimizer primer):
-
-    - **exploding**: a NaN or Inf in the history; or the smoothed loss rising to `explode_factor`
-      times its lowest earlier value (for a positive loss), by at least `explode_rise` of the loss
-      scale $\\max(|L_0|, L_0 - \\min s)$ and by more than the noise. Advice: lower the learning
-      rate, check the feature scaling, clip the gradients. The other patterns are then not assessed
-      (their advice would mislead: fix this first). Evidence: `nonfinite_steps`, `steps`,
-      `first_nonfinite_step`, `last_finite_loss`; or `start`, `best`, `best_step`, `peak`,
-      `peak_step`, `factor`.
-    - **flat**: the loss never fell below the start level (to the lowest smoothed loss, or to the
-      median of the last `smoothing` of the steps) by `flat_drop` of $|L_0|$ and by more than the
-      noise. Advice: raise the learning rate, normalise the features. Evidence: `steps`, `start`,
-      `best`, `drop` and the `threshold` applied (fractions of $|L_0|$).
-    - **overfitting** (with `val_history`): the validation loss (smoothed by a 3-point running
-      median) ends at least `overfit_rise` (a fraction) above its minimum, and by more than its
-      noise, while the smoothed training loss did not rise after that minimum. Advice: weight
-      decay, early stopping at the best validation step, more data. Evidence: `best_val`,
-      `best_val_step` (a training step), `final_val`, `val_rise`, `train_at_best_val`,
-      `final_train`.
-    - **plateau** (if not flat): over the last `window` of the steps the loss improved by less than
-      `plateau_gain` of its total improvement $L_0 - \\min s$, or by no more than its noise can hide
-      (3 standard errors), measured between the medians of the first and last thirds of that
-      window: the loss dropped, then stalled, or is no longer visibly improving, or creeps up. A
-      stall with no step noise (below $10^{-4}$ of the level) or that never goes up is
-      deterministic, full-batch training converging, to its optimum or a saddle: it is not a
-      plateau finding but a note saying since when, as a decaying rate cannot help it. Advice: decay the learning
-      rate (a schedule, `gc.reduce_on_plateau`), or stop earlier if this is the floor. Evidence:
-      `window`, `window_start_step`, `gain` and the `threshold` applied (fractions of the total),
-      `level`, `total_improvement`, `stalled_since_step`.
-    - **noisy**: over the last `window` of the steps the step noise (in loss units) is at least
-      `noise_level` of the loss level there (its median; counted as at least 0.1% of $|L_0|$, so
-      that rounding jitter of a loss that reached about 0 does not count). Advice: bigger batches,
-      momentum or parameter averaging, a decaying rate. Evidence: `window`, `noise`, `level`,
-      `relative_noise`. Per-batch losses carry their batch's sampling noise (about
-      $\\sqrt{2/B}$ of the level for a squared error over $B$ examples) even at a fixed point:
-      diagnose the full training loss, or epoch means, to see the optimizer's own noise.
-
-    Several can hold at once: noisy and plateau is SGD at a constant rate on its noise floor.
-
-    Short histories: the NaN/Inf check always runs; the other patterns need `min_steps` finite
-    losses (the validation check, 3 values); the result then has no finding and says in `notes`
-    what was not assessed, rather than raising, so that a diagnosis called during training does
-    not fail in its first steps.
-
-    Steps: `loss_history[i]` is the loss at training step `i * loss_every`, so a history logged
-    every N steps (`loss_every=N`) is read the same as the full one, and every step the report
-    quotes is a training step. Validation alignment: `val_history[j]` is placed at training step
-    `j * val_every` (the
-    convention of `if step % val_every == 0: evaluate`); with `val_every=None`, the values are
-    equally spaced over the training span, the first at step 0 and the last at the last step (one
-    of each per epoch, or an evaluation per epoch next to a loss per step). Non-finite validation
-    values are dropped, with a note.
+    `loss_history[i]` is the loss at training step `i * loss_every`; `val_history[j]` sits at step
+    `j * val_every` (or, with `val_every=None`, evenly from the first to the last step). Histories
+    shorter than `min_steps` get notes, not findings, so calling it from the first step is safe.
 
     Args:
         loss_history: the training loss, one value per step or epoch (list, numpy or jax array);
