@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # benchmarks/ is not installed: it runs from the repository root, as `python -m benchmarks.small_step`.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 # benchmarks/ is not installed: it runs from the repository root, as `python -m benchmarks.run`.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import _report, compile_curve, run
 from benchmarks._isolate import run_isolated

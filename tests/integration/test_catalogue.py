@@ -5,7 +5,7 @@ import pathlib
 
 import gradchain as gc
 
-DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 
 
 def _generator():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 # benchmarks/ is not installed: it runs from the repository root, as `python -m benchmarks.one_pass`.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import one_pass
 

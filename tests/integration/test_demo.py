@@ -27,7 +27,7 @@ import gradchain as gc
 from gradchain import _demo
 from gradchain.__main__ import build_parser, main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OPTIMIZERS = ["sgd+momentum", "adam", "adamw+cosine"]
