@@ -19,3 +19,13 @@ def x64():
 
     with x64_enabled():
         yield
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """torch, for the tests that compare with it: they skip where torch is not installed, the rest still run.
+
+    Test files never import torch at module level (a missing torch would then take every numpy check of the
+    file with it); helpers that need it import it inside, and are only called from tests that take this.
+    """
+    return pytest.importorskip("torch")

@@ -257,6 +257,22 @@ def optimizer_data(seed: int, steps: int) -> tuple[PyTree, PyTree]:
     return params, jax.tree.map(grads, OPTIMIZER_TREE_SHAPES, OPTIMIZER_GRAD_SCALES, is_leaf=_is_shape)
 
 
+class LazyModule:
+    """A module imported when a table entry first uses it: `O = LazyModule("torch.optim")`, then `O.SGD(...)`.
+
+    Tables of lambdas build optional libraries' objects at module level; the import waits until a test calls
+    one, and skips that test (as the `torch` fixture of conftest.py does) where the library is not installed.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import pytest
+
+        return getattr(pytest.importorskip(self._name), attr)
+
+
 def stored(x: float, dtype: Any = None) -> float:
     """`x` rounded to the dtype gradchain stores hyperparameters in (float32, float64 under x64).
 

@@ -19,11 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import RTOL32, assert_stacked_close, optimizer_data, scan_trajectories
+from reference import RTOL32, LazyModule, assert_stacked_close, optimizer_data, scan_trajectories
 
 import gradchain as gc
-
-torch = pytest.importorskip("torch")
 
 # float32 trajectories to RTOL32 = 2e-6 of each leaf's largest |p| (reference.py: the rounding of
 # p + u over 120 steps); float64 ones to RTOL64.
@@ -60,6 +58,8 @@ def run_torch(
     with_optimizer: bool = False,
 ) -> Any:
     """torch's float64 trajectory: p.grad set by hand, then (clip,) step, (scheduler step)."""
+    import torch  # only reached from tests that take the `torch` fixture
+
     # torch keeps scalar state (NAdam's mu_product, step counts) in float32 unless the default dtype
     # is float64; that alone moves NAdam's float64 trajectory by 2e-10.
     default_dtype = torch.get_default_dtype()
@@ -72,6 +72,8 @@ def run_torch(
 
 
 def _run_torch(make_optimizer, make_scheduler, clip_norm, clip_value, lr_changes):
+    import torch  # only reached from tests that take the `torch` fixture
+
     leaves, treedef = jax.tree.flatten(PARAMS64)
     tensors = [torch.tensor(np.array(p), dtype=torch.float64, requires_grad=True) for p in leaves]
     optimizer = make_optimizer(tensors)
@@ -108,7 +110,7 @@ def max_relative_error(actual: Any, expected: Any) -> float:
 # ---------------------------------------------------------------------------------------------------
 # The table: torch.optim call -> the gradchain call its docstring documents.
 
-O = torch.optim
+O = LazyModule("torch.optim")  # imported when a table entry runs (skips without torch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,12 +313,12 @@ def torch_results(case_id: str) -> Any:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_float32_matches_torch_float64(case: Case):
+def test_float32_matches_torch_float64(case: Case, torch):
     assert_stacked_close(gradchain_results("float32")[case.id], torch_results(case.id), RTOL32)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_float64_matches_torch_float64(case: Case, x64):
+def test_float64_matches_torch_float64(case: Case, x64, torch):
     ours = gradchain_results("float64")[case.id]
     assert jax.tree.leaves(ours)[0].dtype == np.float64
     assert_stacked_close(ours, torch_results(case.id), RTOL64)
@@ -343,13 +345,13 @@ def near_miss_results() -> list[Any]:
 
 
 @pytest.mark.parametrize(("case_id", "wrong"), NEAR_MISSES, ids=[f"{m[0]}-{i}" for i, m in enumerate(NEAR_MISSES)])
-def test_other_conventions_do_not_match_torch(case_id, wrong):
+def test_other_conventions_do_not_match_torch(case_id, wrong, torch):
     ours = near_miss_results()[[m[1] for m in NEAR_MISSES].index(wrong)]
     with pytest.raises(AssertionError, match="max error"):
         assert_stacked_close(ours, torch_results(case_id), 10 * RTOL32)
 
 
-def test_default_nadam_is_not_torch_nadam():
+def test_default_nadam_is_not_torch_nadam(torch):
     """`gc.nadam` without `momentum_decay` is optax's NAdam, not torch's.
 
     torch.optim.NAdam warms the momentum up with Dozat's schedule mu_t = b1 (1 - 0.5 * 0.96^(t psi));
@@ -366,7 +368,7 @@ def test_default_nadam_is_not_torch_nadam():
 # The rest of a torch training loop: schedulers, changing param_groups' lr, gradient clipping.
 
 S = gc.schedules
-LRS = torch.optim.lr_scheduler
+LRS = LazyModule("torch.optim.lr_scheduler")  # imported when a table entry runs (skips without torch)
 
 SCHEDULED = [
     # The learning rate multiplies the momentum buffer as in torch (p -= lr_t * buf), so a schedule
@@ -422,7 +424,7 @@ def scheduled_results() -> list[Any]:
 
 
 @pytest.mark.parametrize("index", range(len(SCHEDULED)), ids=[s[0] for s in SCHEDULED])
-def test_lr_scheduler_is_a_schedule(index):
+def test_lr_scheduler_is_a_schedule(index, torch):
     _, make_optimizer, make_scheduler, _ = SCHEDULED[index]
     assert_stacked_close(scheduled_results()[index], run_torch(make_optimizer, make_scheduler), RTOL32)
 
@@ -439,7 +441,7 @@ def test_lr_scheduler_is_a_schedule(index):
     ],
     ids=["SGD", "Adam", "RMSprop"],
 )
-def test_setting_param_groups_lr_is_set_hyperparams(make_optimizer, make_tx):
+def test_setting_param_groups_lr_is_set_hyperparams(make_optimizer, make_tx, torch):
     """torch: `group["lr"] = x` between steps; gradchain: `set_hyperparams(state, learning_rate=x)`.
 
     (That the new value does not recompile the step is tests/test_jit.py's business.)
@@ -468,7 +470,7 @@ def test_setting_param_groups_lr_is_set_hyperparams(make_optimizer, make_tx):
     assert_stacked_close(stacked, expected, RTOL32)
 
 
-def test_adagrad_lr_decay_new_base_rate_is_a_rebuilt_optimizer_on_the_same_state():
+def test_adagrad_lr_decay_new_base_rate_is_a_rebuilt_optimizer_on_the_same_state(torch):
     """torch: `group["lr"] = x` on Adagrad(lr_decay=d); gradchain: adagrad(x, ..., lr_decay=d) continuing the state.
 
     With `lr_decay` the learning rate is a schedule, which `set_hyperparams` refuses to overwrite.
@@ -502,7 +504,7 @@ def test_adagrad_lr_decay_new_base_rate_is_a_rebuilt_optimizer_on_the_same_state
     assert_stacked_close(ours, expected, RTOL32)
 
 
-def test_clip_grad_norm_is_clip_by_global_norm_with_eps():
+def test_clip_grad_norm_is_clip_by_global_norm_with_eps(torch):
     """torch.nn.utils.clip_grad_norm_(params, c) before the step is clip_by_global_norm(c, eps=1e-6)."""
     max_norm = 8.0  # the gradients' global norm is about 11: most steps clip, some do not
     norms = np.sqrt(sum(np.sum(g.reshape(STEPS, -1) ** 2, axis=1) for g in jax.tree.leaves(GRADS64)))
@@ -520,13 +522,13 @@ def test_clip_grad_norm_is_clip_by_global_norm_with_eps():
     assert max_relative_error(optax_eps, expected) < 1e-5
 
 
-def test_clip_grad_value_is_clip():
+def test_clip_grad_value_is_clip(torch):
     expected = run_torch(lambda ps: O.Adam(ps, lr=0.01, foreach=False), clip_value=0.5)
     (ours,) = run_many([gc.chain(gc.clip(0.5), gc.adam(0.01))], jnp.float32)
     assert_stacked_close(ours, expected, RTOL32)
 
 
-def test_param_groups_without_decay_are_a_mask():
+def test_param_groups_without_decay_are_a_mask(torch):
     """torch: a second param group with weight_decay=0 (biases, scales); gradchain: `mask=`."""
     leaves = jax.tree.leaves(PARAMS64)
     decayed = [np.ndim(p) > 1 for p in leaves]
@@ -546,7 +548,7 @@ def test_param_groups_without_decay_are_a_mask():
         assert_stacked_close(run_many([gc.adamw(0.01, weight_decay=0.3)], jnp.float32)[0], expected, RTOL32)
 
 
-def test_clip_grad_norm_eps_in_float64(x64):
+def test_clip_grad_norm_eps_in_float64(x64, torch):
     max_norm = 8.0
     expected = run_torch(lambda ps: O.SGD(ps, lr=0.05, foreach=False), clip_norm=max_norm)
     torch_eps, no_eps = run_many(
@@ -565,7 +567,7 @@ def test_clip_grad_norm_eps_in_float64(x64):
 # Defaults that differ between torch and gradchain (the migration page lists them).
 
 
-def test_documented_default_differences():
+def test_documented_default_differences(torch):
     defaults = {
         name: {k: p.default for k, p in inspect.signature(getattr(gc, name)).parameters.items()}
         for name in ("adagrad", "rmsprop", "adamw", "sgd", "adam", "adamax")
@@ -626,7 +628,7 @@ STATE_FIELDS = [
 ]
 
 
-def test_torch_state_is_gradchain_state(x64):
+def test_torch_state_is_gradchain_state(x64, torch):
     """optimizer.state[p][key] after 120 steps is the gradchain state field of the same leaf (float64)."""
     results = run_many([CASES_BY_ID[case_id].gradchain() for case_id, _ in STATE_FIELDS], jnp.float64, with_states=True)
     for (case_id, fields), (_, state) in zip(STATE_FIELDS, results, strict=True):
@@ -671,7 +673,7 @@ HYPERPARAMS = [
 
 
 @pytest.mark.parametrize(("make_torch", "tx", "names"), HYPERPARAMS, ids=["SGD", "Adagrad", "RMSprop", "Adam", "NAdam"])
-def test_param_groups_are_hyperparams(make_torch, tx, names):
+def test_param_groups_are_hyperparams(make_torch, tx, names, torch):
     group = make_torch([torch.zeros(2, requires_grad=True)]).param_groups[0]
     hp = gc.hyperparams(tx.init(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), PARAMS64)))
     for torch_key, key in names.items():

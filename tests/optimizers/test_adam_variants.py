@@ -30,8 +30,6 @@ from reference import assert_stacked_close, assert_trees_equal, optimizer_data, 
 import gradchain as gc
 from gradchain.transforms import adam_variants as tr
 
-torch = pytest.importorskip("torch")
-
 STEPS = 240
 PARAMS64, GRADS64 = optimizer_data(seed=5, steps=STEPS)
 PARAMS32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), PARAMS64)
@@ -358,6 +356,8 @@ def test_radam_rho_is_accurate_in_float32():
 
 def run_torch_radam(dtype: Any, weight_decay: float, decoupled: bool, grads: Any = GRADS64) -> Any:
     """torch's trajectory (params after every step), p.grad set by hand, then step()."""
+    import torch  # only reached from tests that take the `torch` fixture
+
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # keeps torch's step counts in the same dtype as the params
     try:
@@ -394,11 +394,13 @@ def _ours_torch_style(weight_decay, decoupled):
 
 @functools.cache
 def torch_results(dtype_name: str, weight_decay: float, decoupled: bool) -> Any:
+    import torch  # only reached from tests that take the `torch` fixture
+
     return run_torch_radam(getattr(torch, dtype_name), weight_decay, decoupled)
 
 
 @pytest.mark.parametrize(("weight_decay", "decoupled"), TORCH_MODES)
-def test_radam_float32_matches_torch(weight_decay, decoupled):
+def test_radam_float32_matches_torch(weight_decay, decoupled, torch):
     ((ours, _),) = scan_trajectories([_ours_torch_style(weight_decay, decoupled)], PARAMS32, GRADS32)
     assert_stacked_close(ours, torch_results("float64", weight_decay, decoupled), RTOL32)
     # torch's own float32 run is up to 3.3e-6 from its float64 one (decoupled: it rounds p twice per
@@ -416,7 +418,7 @@ def test_radam_float32_matches_torch(weight_decay, decoupled):
 
 
 @pytest.mark.parametrize(("weight_decay", "decoupled"), TORCH_MODES)
-def test_radam_float64_matches_torch(weight_decay, decoupled, x64):
+def test_radam_float64_matches_torch(weight_decay, decoupled, x64, torch):
     params = jax.tree.map(jnp.asarray, PARAMS64)
     grads = jax.tree.map(jnp.asarray, GRADS64)
     ((ours, _),) = scan_trajectories([_ours_torch_style(weight_decay, decoupled)], params, grads)
@@ -424,7 +426,7 @@ def test_radam_float64_matches_torch(weight_decay, decoupled, x64):
     assert_stacked_close(ours, torch_results("float64", weight_decay, decoupled), RTOL64)
 
 
-def test_radam_eps_placement_matters_for_tiny_gradients():
+def test_radam_eps_placement_matters_for_tiny_gradients(torch):
     """Where sqrt(nu_hat) ~ eps, torch's eps (before the bias correction) differs from optax's."""
     tiny = jax.tree.map(lambda g: 1e-8 * g, GRADS64)
     theirs = run_torch_radam(torch.float64, 0.0, False, grads=tiny)

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
-from reference import assert_stacked_close, optimizer_data, scan_trajectories, stored
+from reference import LazyModule, assert_stacked_close, optimizer_data, scan_trajectories, stored
 
 import gradchain as gc
 
@@ -134,6 +133,8 @@ def test_optimistic_adam_v2_is_the_documented_chain():
 
 
 def _torch_run(make_torch, params, grads, dtype) -> list[np.ndarray]:
+    import torch  # only reached from tests that take the `torch` fixture
+
     leaves = [torch.tensor(np.asarray(p, np.float64), dtype=dtype, requires_grad=True) for p in jax.tree.leaves(params)]
     g_leaves = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
     optimizer = make_torch(leaves)
@@ -147,35 +148,38 @@ def _torch_run(make_torch, params, grads, dtype) -> list[np.ndarray]:
     return [np.stack(o) for o in out]
 
 
+O = LazyModule("torch.optim")  # imported when a table entry runs (skips without torch)
 TORCH_CASES = [
-    ("adadelta", lambda: gc.adadelta(), lambda ps: torch.optim.Adadelta(ps)),
+    ("adadelta", lambda: gc.adadelta(), lambda ps: O.Adadelta(ps)),
     (
         "adadelta_wd",
         lambda: gc.adadelta(0.5, rho=0.95, eps=1e-5, weight_decay=1e-2),
-        lambda ps: torch.optim.Adadelta(ps, lr=0.5, rho=0.95, eps=1e-5, weight_decay=1e-2),
+        lambda ps: O.Adadelta(ps, lr=0.5, rho=0.95, eps=1e-5, weight_decay=1e-2),
     ),
-    ("rprop", lambda: gc.rprop(0.01), lambda ps: torch.optim.Rprop(ps)),
+    ("rprop", lambda: gc.rprop(0.01), lambda ps: O.Rprop(ps)),
     (
         "rprop_custom",
         lambda: gc.rprop(0.1, 0.3, 1.5, 1e-4, 1.0),
-        lambda ps: torch.optim.Rprop(ps, lr=0.1, etas=(0.3, 1.5), step_sizes=(1e-4, 1.0)),
+        lambda ps: O.Rprop(ps, lr=0.1, etas=(0.3, 1.5), step_sizes=(1e-4, 1.0)),
     ),
     # An initial step size outside [min, max]: PyTorch clips it at the first step (optax does not).
     (
         "rprop_lr_above_max",
         lambda: gc.rprop(2.0, max_step_size=0.5),
-        lambda ps: torch.optim.Rprop(ps, lr=2.0, step_sizes=(1e-6, 0.5)),
+        lambda ps: O.Rprop(ps, lr=2.0, step_sizes=(1e-6, 0.5)),
     ),
-    ("asgd", lambda: gc.asgd(), lambda ps: torch.optim.ASGD(ps)),
+    ("asgd", lambda: gc.asgd(), lambda ps: O.ASGD(ps)),
     (
         "asgd_averaging",
         lambda: gc.asgd(0.05, lambd=1e-2, alpha=0.6, t0=100.0, weight_decay=1e-3),
-        lambda ps: torch.optim.ASGD(ps, lr=0.05, lambd=1e-2, alpha=0.6, t0=100.0, weight_decay=1e-3),
+        lambda ps: O.ASGD(ps, lr=0.05, lambd=1e-2, alpha=0.6, t0=100.0, weight_decay=1e-3),
     ),
 ]
 
 
 def _compare_with_torch(make, make_torch, dtype, rtol):
+    import torch  # only reached from tests that take the `torch` fixture
+
     params, grads = _data(2, dtype)
     ((ours, state),) = scan_trajectories([make()], params, grads)
     torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
@@ -191,7 +195,7 @@ def _compare_with_torch(make, make_torch, dtype, rtol):
 
 
 @pytest.mark.parametrize("make, make_torch", [c[1:] for c in TORCH_CASES], ids=[c[0] for c in TORCH_CASES])
-def test_matches_torch_float32(make, make_torch, request):
+def test_matches_torch_float32(make, make_torch, request, torch):
     # PyTorch's float32 ASGD multiplies p by the rounded constant (1 - lambd * eta): the same
     # rounding every step, so its error grows linearly (measured 4.3e-6 of max|p| after 250 steps);
     # gradchain's p - eta (g + lambd p) stays within 1e-6 of the float64 run (next test).
@@ -199,7 +203,7 @@ def test_matches_torch_float32(make, make_torch, request):
     _compare_with_torch(make, make_torch, np.float32, rtol)
 
 
-def test_asgd_float32_follows_the_float64_trajectory():
+def test_asgd_float32_follows_the_float64_trajectory(torch):
     params, grads = _data(2, np.float32)
     ((ours, _),) = scan_trajectories([gc.asgd()], params, grads)
     previous = torch.get_default_dtype()
@@ -212,11 +216,11 @@ def test_asgd_float32_follows_the_float64_trajectory():
 
 
 @pytest.mark.parametrize("make, make_torch", [c[1:] for c in TORCH_CASES], ids=[c[0] for c in TORCH_CASES])
-def test_matches_torch_float64(make, make_torch, x64):
+def test_matches_torch_float64(make, make_torch, x64, torch):
     _compare_with_torch(make, make_torch, np.float64, RTOL_F64)
 
 
-def test_asgd_average_matches_torch_ax(x64):
+def test_asgd_average_matches_torch_ax(x64, torch):
     params, grads = _data(3, np.float64)
     t0 = 50.0
     ((_, state),) = scan_trajectories([gc.asgd(0.05, lambd=1e-3, t0=t0)], params, grads)

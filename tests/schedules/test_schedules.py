@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import LazyModule
 
 from gradchain import schedules
 
 optax = pytest.importorskip("optax")
-torch = pytest.importorskip("torch")
 
 RTOL = 1e-6
 FLOAT = jnp.zeros((), dtype=float).dtype  # the default float dtype (float32 unless x64 is on)
@@ -498,6 +498,8 @@ def test_matches_optax_in_float32_where_optax_is_accurate():
 
 def _torch_lrs(make_scheduler: Callable, lr: float, n: int) -> np.ndarray:
     """param_groups[0]["lr"] at last_epoch = 0 .. n - 1, stepping a dummy float64 SGD."""
+    import torch  # only reached from tests that take the `torch` fixture
+
     param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.SGD([param], lr=lr)
     scheduler = make_scheduler(optimizer)
@@ -511,7 +513,7 @@ def _torch_lrs(make_scheduler: Callable, lr: float, n: int) -> np.ndarray:
     return np.array(out, dtype=np.float64)
 
 
-LRS = torch.optim.lr_scheduler
+LRS = LazyModule("torch.optim.lr_scheduler")  # imported when a table entry runs (skips without torch)
 # (id, scheduler factory, optimizer lr, gradchain schedule, steps compared: at most N).
 TORCH_CASES = [
     ("StepLR", lambda o: LRS.StepLR(o, step_size=7, gamma=0.5), 0.1,
@@ -570,7 +572,7 @@ TORCH_CASES = [
 
 
 @pytest.mark.parametrize(("make_scheduler", "lr", "sched", "n"), [pytest.param(*c[1:], id=c[0]) for c in TORCH_CASES])
-def test_matches_torch(make_scheduler, lr, sched, n):
+def test_matches_torch(make_scheduler, lr, sched, n, torch):
     expected = _torch_lrs(make_scheduler, lr, n)
     np.testing.assert_allclose(_np(sched(jnp.asarray(STEPS)))[:n], expected, rtol=RTOL, atol=0)
 
@@ -583,7 +585,7 @@ def test_torch_onecycle_differs_from_optax_convention():
     assert float(optax_like(29)) < 1.0
 
 
-def test_inverse_time_decay_reproduces_torch_adagrad_lr_decay():
+def test_inverse_time_decay_reproduces_torch_adagrad_lr_decay(torch):
     lr, lr_decay, eps = 0.1, 0.03, 1e-10
     param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adagrad([param], lr=lr, lr_decay=lr_decay, eps=eps)

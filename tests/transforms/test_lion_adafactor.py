@@ -760,8 +760,6 @@ def test_recipe_is_its_chain_bit_for_bit(name):
 # (c) torch.optim.Adafactor
 
 
-torch = pytest.importorskip("torch")
-
 # torch factors the last two axes of every tensor of 2 or more dimensions; gradchain the two largest
 # axes of those whose second largest is at least min_dim_size_to_factor. With min_dim_size_to_factor=0
 # the two agree wherever the last two axes are the largest: every leaf here but "cube".
@@ -770,6 +768,8 @@ TORCH_SHAPES = {name: shape for name, shape in SHAPES.items() if name != "cube"}
 
 def run_torch_adafactor(params: dict, grads: list[dict], **kwargs: Any) -> dict[str, np.ndarray]:
     """torch.optim.Adafactor in float64 (single-tensor path): the params after every step."""
+    import torch  # only reached from tests that take the `torch` fixture
+
     names = list(params)
     tensors = {n: torch.tensor(np.asarray(params[n], np.float64), requires_grad=True) for n in names}
     optimizer = torch.optim.Adafactor(list(tensors.values()), foreach=False, **kwargs)
@@ -823,26 +823,26 @@ def _without_cube(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("index", range(len(TORCH_CONFIGS)), ids=TORCH_IDS)
-def test_adafactor_matches_torch(index):
+def test_adafactor_matches_torch(index, torch):
     ours, theirs = gradchain_torch_runs()[index], torch_runs()[index]
     assert_stacked_close(_without_cube(ours), _without_cube(theirs), RTOL32)
 
 
-def test_adafactor_matches_torch_float64(x64):
+def test_adafactor_matches_torch_float64(x64, torch):
     tx = torch_adafactor_as_gradchain(**TORCH_CONFIGS[1])
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), PARAMS)
     ((ours, _),) = scan_trajectories([tx], params, stack(TORCH_GRADS, jnp.float64))
     assert_stacked_close(_without_cube(jax.tree.map(np.asarray, ours)), _without_cube(torch_runs()[1]), 1e-11)
 
 
-def test_torch_factors_other_axes_of_a_3d_leaf():
+def test_torch_factors_other_axes_of_a_3d_leaf(torch):
     """Documented difference: for "cube" (6, 2, 5) torch factors axes (1, 2), gradchain (and optax) axes (2, 0)."""
     ours, theirs = gradchain_torch_runs()[0]["cube"], torch_runs()[0]["cube"]
     error = np.abs(ours - theirs).max() / np.abs(theirs).max()
     assert error > 1e-3
 
 
-def test_torch_adafactor_is_the_numpy_reference_under_the_mapping():
+def test_torch_adafactor_is_the_numpy_reference_under_the_mapping(torch):
     """torch itself against the float64 transcription: min(lr, 1/sqrt t) max(rms p, 1e-3) U, decay lr wd."""
     config = TORCH_CONFIGS[1]
     lr, wd = config["lr"], config["weight_decay"]

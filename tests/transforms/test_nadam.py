@@ -58,8 +58,7 @@ def test_matches_numpy_transcription(b1, b2, eps, psi):
 
 
 @pytest.mark.parametrize("decoupled", [False, True])
-def test_optimizer_reproduces_torch_nadam(decoupled):
-    torch = pytest.importorskip("torch")
+def test_optimizer_reproduces_torch_nadam(decoupled, torch):
     grads = _grads(1)
     rng = np.random.default_rng(2)
     p0 = [rng.normal(size=s) for s in SHAPES]

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 
 import gradchain as gc
 from gradchain import ReduceOnPlateauState, reduce_on_plateau
@@ -76,6 +75,8 @@ def ref_plateau(values, *, factor, patience, threshold, threshold_mode, mode, co
 
 
 def torch_lrs(values, *, factor, patience, threshold, threshold_mode, mode, cooldown, min_lr, eps):
+    import torch  # only reached from tests that take the `torch` fixture
+
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=BASE_LR)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt,
@@ -130,7 +131,9 @@ def _values(mode: str, seed: int) -> np.ndarray:
 @pytest.mark.parametrize(
     ("factor", "patience", "threshold", "threshold_mode", "mode", "cooldown", "min_lr", "eps", "seed"), CASES
 )
-def test_matches_torch_step_for_step(factor, patience, threshold, threshold_mode, mode, cooldown, min_lr, eps, seed):
+def test_matches_torch_step_for_step(
+    factor, patience, threshold, threshold_mode, mode, cooldown, min_lr, eps, seed, torch
+):
     values = _values(mode, seed)
     kw = dict(
         factor=factor,
@@ -149,7 +152,7 @@ def test_matches_torch_step_for_step(factor, patience, threshold, threshold_mode
     assert len(set(expected.tolist())) >= 3  # several reductions happened in this run
 
 
-def test_eps_case_stops_where_torch_does():
+def test_eps_case_stops_where_torch_does(torch):
     values = _values("min", 8)
     lrs = torch_lrs(
         values,
@@ -175,7 +178,7 @@ def test_eps_case_stops_where_torch_does():
         (0.7, 2, 0.05, "abs", "min", 0),
     ],
 )
-def test_trajectory_matches_torch_sgd(factor, patience, threshold, threshold_mode, mode, cooldown):
+def test_trajectory_matches_torch_sgd(factor, patience, threshold, threshold_mode, mode, cooldown, torch):
     # The loss of step t (computed before the step) reaches both before the update is applied: in
     # torch, scheduler.step(loss) before optimizer.step(). Gradients are a fixed random sequence.
     values = _values(mode, 2)

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from reference import (
@@ -256,7 +255,9 @@ def test_ema_params_modes_differ_where_they_should():
     jax.tree.map(np.testing.assert_array_equal, first, p1)
 
 
-def _torch_module(tree: PyTree) -> torch.nn.Module:
+def _torch_module(tree: PyTree) -> Any:  # a torch.nn.Module
+    import torch  # only reached from tests that take the `torch` fixture
+
     module = torch.nn.Module()
     module.leaves = torch.nn.ParameterList(
         [torch.nn.Parameter(torch.tensor(np.asarray(x))) for x in jax.tree.leaves(tree)]
@@ -264,7 +265,9 @@ def _torch_module(tree: PyTree) -> torch.nn.Module:
     return module
 
 
-def _torch_set(module: torch.nn.Module, tree: PyTree) -> None:
+def _torch_set(module: Any, tree: PyTree) -> None:  # module: a torch.nn.Module
+    import torch  # only reached from tests that take the `torch` fixture
+
     with torch.no_grad():
         for param, x in zip(module.leaves, jax.tree.leaves(tree), strict=True):
             param.copy_(torch.tensor(np.asarray(x)))
@@ -277,6 +280,8 @@ def _torch_read(averaged: Any, like: PyTree) -> PyTree:
 
 def _torch_averages(avg_fn_kwargs: dict, trajectory: PyTree, call_at: Callable[[int], bool]) -> PyTree:
     """AveragedModel fed the params of every step t (t = 0: PARAMS) where `call_at(t)`; after every step."""
+    import torch  # only reached from tests that take the `torch` fixture
+
     model = _torch_module(PARAMS)
     averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=False, **avg_fn_kwargs)
     if call_at(0):
@@ -291,7 +296,7 @@ def _torch_averages(avg_fn_kwargs: dict, trajectory: PyTree, call_at: Callable[[
 
 
 @pytest.mark.parametrize("inner_id, decay", [("sgd", 0.9), ("adam", 0.99)])
-def test_ema_params_matches_torch_averaged_model(inner_id, decay):
+def test_ema_params_matches_torch_averaged_model(inner_id, decay, torch):
     trajectory, averages, _ = run_case("ema", ("ema", inner_id, decay, "plain"))
     ema_fn = {"multi_avg_fn": torch.optim.swa_utils.get_ema_multi_avg_fn(stored(decay))}
     # With update_parameters also called before the first step, torch averages from p_0 as we do.
@@ -380,7 +385,7 @@ SWA_CASES = [(0, 1), (1, 1), (50, 1), (30, 7), (0, 4), (119, 3), (200, 1)]
 
 
 @pytest.mark.parametrize("start_step, every", SWA_CASES)
-def test_swa_matches_numpy_and_torch(start_step, every):
+def test_swa_matches_numpy_and_torch(start_step, every, torch):
     inner_id = "adam"
     trajectory, averages, _ = run_case("swa", (start_step, every))
     averages, counts = averages

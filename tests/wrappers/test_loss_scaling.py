@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 
 import gradchain as gc
 from gradchain import DynamicLossScaleState, dynamic_loss_scale, loss_scale, reduce_on_plateau
@@ -73,6 +72,8 @@ def ref_scales(finite: list[bool], init_scale, growth_interval, growth_factor, b
 
 
 def run_torch(grads, kinds, params0, *, init_scale, growth_interval, growth_factor, backoff_factor):
+    import torch  # only reached from tests that take the `torch` fixture
+
     params = {k: torch.tensor(v, dtype=torch.float32, requires_grad=True) for k, v in params0.items()}
     opt = torch.optim.SGD(list(params.values()), lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler(
@@ -133,7 +134,7 @@ TORCH_CASES = [
 
 
 @pytest.mark.parametrize(("init_scale", "growth_interval", "growth_factor", "backoff_factor"), TORCH_CASES)
-def test_matches_torch_grad_scaler(init_scale, growth_interval, growth_factor, backoff_factor):
+def test_matches_torch_grad_scaler(init_scale, growth_interval, growth_factor, backoff_factor, torch):
     grads, kinds = grad_trees(0), planted(0)
     params0 = {k: np.ones(s, np.float32) for k, s in SHAPES.items()}
     kw = dict(

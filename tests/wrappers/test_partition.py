@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 from flax import nnx
 from reference import RTOL, RTOL32, assert_stacked_close, assert_trees_equal, grad_sequence, param_tree
 
@@ -201,7 +200,7 @@ def actual_leaf(tree, path):
 # Against torch.optim.AdamW with two param groups.
 
 
-def test_partition_matches_torch_adamw_param_groups():
+def test_partition_matches_torch_adamw_param_groups(torch):
     lr = 1e-2
     params, grads = _params(), _grads(seed=5)
     labels = labels_by_path({"*kernel": "decay"}, default="no_decay")
