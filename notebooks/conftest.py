@@ -19,7 +19,9 @@ def pytest_collect_file(parent, file_path):
 
 class NotebookFile(pytest.File):
     def collect(self):
-        yield NotebookItem.from_parent(self, name=self.path.stem)
+        item = NotebookItem.from_parent(self, name=self.path.stem)
+        item.add_marker(pytest.mark.slow)  # runs the notebook top to bottom: deselected by -m "not slow"
+        yield item
 
 
 class NotebookItem(pytest.Item):

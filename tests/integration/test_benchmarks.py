@@ -70,6 +70,7 @@ def test_trees_are_deterministic_float32():
     assert list(p1) == sorted(p1) == list(SMALL_TREE.shapes)  # jax.tree.leaves order is torch's order
 
 
+@pytest.mark.slow  # runs a benchmark suite (the module's `report`) or the compile curve
 def test_report_json_structure(report):
     data, _ = report
     assert {"machine", "bandwidth", "config", "trees", "notes", "results", "wall_s"} <= set(data)
@@ -88,6 +89,7 @@ def test_report_json_structure(report):
     assert expected_in_process | expected_isolated <= keys
 
 
+@pytest.mark.slow  # runs a benchmark suite (the module's `report`) or the compile curve
 def test_every_available_variant_agrees_with_optax_and_is_timed(report):
     data, _ = report
     statuses = {r["status"] for r in data["results"]}
@@ -104,6 +106,7 @@ def test_every_available_variant_agrees_with_optax_and_is_timed(report):
     assert ("sgd", "gradchain") in ran and ("adamw", "gradchain") in ran
 
 
+@pytest.mark.slow  # runs a benchmark suite (the module's `report`) or the compile curve
 def test_ratios_refer_to_optax_and_torch(report):
     data, _ = report
     for row in data["results"]:
@@ -115,6 +118,7 @@ def test_ratios_refer_to_optax_and_torch(report):
     assert fused and all(r["vs_torch"] == pytest.approx(1.0) for r in fused)
 
 
+@pytest.mark.slow  # runs a benchmark suite (the module's `report`) or the compile curve
 def test_markdown_has_one_row_per_result(report):
     data, md = report
     assert "| " + " | ".join(_report.COLUMNS) + " |" in md
@@ -234,6 +238,7 @@ def test_count_eqns_counts_nested_jaxprs():
     assert compile_curve.count_eqns(jaxpr) == 4
 
 
+@pytest.mark.slow  # runs a benchmark suite (the module's `report`) or the compile curve
 def test_compile_curve(tmp_path):
     report = compile_curve.run_curve((10, 50), (GRADCHAIN_DEFAULT, OPTAX_VARIANT), timeout_s=60, log=lambda line: None)
     rows = {(r["variant"], r["leaves"]): r for r in report["results"]}

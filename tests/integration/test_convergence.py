@@ -25,6 +25,8 @@ import pytest
 
 import gradchain as gc
 
+pytestmark = pytest.mark.slow  # every optimizer, 1000 jitted steps per problem
+
 S = gc.schedules
 N_STEPS = 1000
 

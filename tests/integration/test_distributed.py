@@ -21,6 +21,8 @@ from reference import assert_trees_close, state_buffers
 
 import gradchain as gc
 
+pytestmark = pytest.mark.slow  # 8 simulated devices: every test compiles multi-device steps
+
 N_DEVICES = 8
 if len(jax.devices()) != N_DEVICES:
     pytest.skip(

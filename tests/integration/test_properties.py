@@ -207,6 +207,7 @@ def _avals(tree: Any) -> Any:
 # properties
 
 
+@pytest.mark.slow  # hypothesis: many random examples per optimizer
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 @SETTINGS
 @given(data=st.data())
@@ -241,6 +242,7 @@ def test_update_preserves_structure_shapes_dtypes_and_finiteness(name, data):
         assert all_finite(params)
 
 
+@pytest.mark.slow  # hypothesis: many random examples per optimizer
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 @SETTINGS
 @given(data=st.data())

@@ -513,6 +513,7 @@ CONVERGENCE = [
 ]
 
 
+@pytest.mark.slow  # long convergence runs; the step-by-step comparisons above are the fast check
 @pytest.mark.parametrize(("name", "build", "loss", "params", "factor"), CONVERGENCE, ids=[c[0] for c in CONVERGENCE])
 def test_converges(name, build, loss, params, factor):
     tx = build()

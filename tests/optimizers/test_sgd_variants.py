@@ -521,6 +521,7 @@ CONVERGENCE = [
 ]
 
 
+@pytest.mark.slow  # long convergence runs; the step-by-step comparisons above are the fast check
 @pytest.mark.parametrize(
     "make, steps, quad_factor, rosen_factor, with_value", [c[1:] for c in CONVERGENCE], ids=[c[0] for c in CONVERGENCE]
 )

@@ -722,6 +722,7 @@ def convergence_losses() -> dict[str, tuple[float, float]]:
     return out
 
 
+@pytest.mark.slow  # long convergence runs; the step-by-step comparisons above are the fast check
 @pytest.mark.parametrize("case", CONVERGENCE, ids=lambda c: c[0])
 def test_convergence(case):
     start, end = convergence_losses()[case[0]]
