@@ -1,11 +1,12 @@
 """Independent references for gradchain's ingredients, and helpers to run and compare trajectories.
 
-Test modules import this file as `from reference import ...` (pytest puts `tests/` on `sys.path`,
-because `tests/` has no `__init__.py`; this works under `pytest -n auto` too).
+Test modules import this file as `from reference import ...` (pyproject's `pythonpath = ["tests"]` puts
+`tests/` on `sys.path`, from every subfolder and under `pytest -n auto` too). The numpy transcriptions
+of the update rules live in `tests/references/`, one file per family (`from references.adam import ...`).
 
 Five groups of helpers:
 
-- **Constants** shared by the ingredient tests (`tests/test_transforms_*.py`): `N_STEPS` steps per
+- **Constants** shared by the ingredient tests (`tests/transforms/`): `N_STEPS` steps per
   trajectory, the tolerances `RTOL` (float32) and `RTOL64` (x64), `INT32_MAX` where step counts
   saturate; `RTOL32` for the 120-step param trajectories of the optimizer tests.
 - **Inputs.** `grad_sequence(tree_shapes, n_steps, seed, dtype)` is a fixed pseudo-random sequence
@@ -22,9 +23,9 @@ Five groups of helpers:
   `scan_trajectories(txs, params, grads)` runs several optimizers in one jitted scan and returns
   their param trajectories. `state_buffers(state)` lists the per-parameter buffers of a state
   (`mu`, `nu`, `trace`, ...).
-- **References.** `ref_*` functions are float64 numpy transcriptions of the per-array formulas, as the
-  papers (and gradchain's docstrings) state them. Each maps the list of gradients of ONE leaf (one
-  array per step) to the list of updates (float64, or complex128 for complex input), except
+- **References.** `tests/references/<family>.py`'s `ref_*` functions are float64 numpy transcriptions of
+  the per-array formulas, as the papers (and gradchain's docstrings) state them. Each maps the list of
+  gradients of ONE leaf (one array per step) to the list of updates (float64, or complex128 for complex input), except
   `ref_clip_by_global_norm`, which maps a list of gradient TREES to a list of update trees because the
   norm couples the leaves. `reference_tree(ref_fn, grads_seq, ...)` applies a per-leaf reference to
   every leaf of a tree sequence. Complex gradients use $|g|^2 = g \\bar g$ throughout.
@@ -87,19 +88,6 @@ __all__ = [
     "max_relative_error",
     "optimizer_data",
     "param_tree",
-    "ref_adam",
-    "ref_adamax",
-    "ref_amsgrad",
-    "ref_clip",
-    "ref_clip_by_block_rms",
-    "ref_clip_by_global_norm",
-    "ref_decay",
-    "ref_ema",
-    "ref_global_norm",
-    "ref_rms",
-    "ref_rss",
-    "ref_scale",
-    "ref_trace",
     "reference_tree",
     "run_transform",
     "scan_trajectories",
@@ -464,203 +452,6 @@ def abs_sq(g: np.ndarray) -> np.ndarray:
 
 def _at(value: float | Schedule, step: int) -> float:
     return float(value(step)) if callable(value) else float(value)
-
-
-def ref_scale(grads: Sequence[Any], step_size: float | Schedule) -> list[np.ndarray]:
-    """$u_t = s\\, g_t$; `step_size` a number or a schedule of the 0-based step."""
-    return [_at(step_size, k) * _wide(g) for k, g in enumerate(grads)]
-
-
-def ref_trace(
-    grads: Sequence[Any], decay: float, *, nesterov: bool = False, dampening: float = 0.0
-) -> list[np.ndarray]:
-    """Heavy-ball momentum with PyTorch's dampening (`torch.optim.SGD`'s buffer).
-
-    $v_1 = g_1$, $v_t = \\beta v_{t-1} + (1-\\tau) g_t$; $u_t = v_t$, or $g_t + \\beta v_t$ (Nesterov).
-    """
-    out, v = [], None
-    for g in map(_wide, grads):
-        v = g if v is None else decay * v + (1 - dampening) * g
-        out.append(g + decay * v if nesterov else v)
-    return out
-
-
-def ref_ema(grads: Sequence[Any], decay: float, *, debias: bool = True) -> list[np.ndarray]:
-    """$m_t = \\beta m_{t-1} + (1-\\beta) g_t$, $u_t = m_t / (1-\\beta^t)$ (debiased) or $m_t$."""
-    out, m = [], 0.0
-    for t, g in enumerate(map(_wide, grads), 1):
-        m = decay * m + (1 - decay) * g
-        out.append(m / (1 - decay**t) if debias else m)
-    return out
-
-
-def _denominator(v: np.ndarray, eps: float, eps_in_sqrt: bool) -> np.ndarray:
-    return np.sqrt(v + eps) if eps_in_sqrt else np.sqrt(v) + eps
-
-
-def ref_rss(
-    grads: Sequence[Any], initial_accumulator_value: float = 0.1, eps: float = 1e-7, *, eps_in_sqrt: bool = True
-) -> list[np.ndarray]:
-    """AdaGrad: $s_t = s_{t-1} + |g_t|^2$ ($s_0$ given), $u_t = g_t / \\sqrt{s_t+\\epsilon}$ or
-    $g_t / (\\sqrt{s_t} + \\epsilon)$; 0 where the denominator is 0."""
-    out, s = [], float(initial_accumulator_value)
-    for g in map(_wide, grads):
-        s = s + abs_sq(g)
-        d = _denominator(s, eps, eps_in_sqrt)
-        out.append(np.where(d > 0, g / np.where(d > 0, d, 1.0), 0.0))
-    return out
-
-
-def ref_rms(
-    grads: Sequence[Any],
-    decay: float = 0.9,
-    eps: float = 1e-8,
-    initial_scale: float = 0.0,
-    *,
-    eps_in_sqrt: bool = True,
-    centered: bool = False,
-    bias_correction: bool = False,
-) -> list[np.ndarray]:
-    """RMSProp (Tieleman & Hinton 2012), centered variant (Graves 2013), optional bias correction.
-
-    $\\nu_t = \\rho \\nu_{t-1} + (1-\\rho)|g_t|^2$ ($\\nu_0$ = `initial_scale`),
-    $\\mu_t = \\rho \\mu_{t-1} + (1-\\rho) g_t$ ($\\mu_0 = 0$, centered only); with bias correction both
-    are divided by $c_t = 1-\\rho^t$; $v_t = \\max(\\hat\\nu_t - |\\hat\\mu_t|^2, 0)$ (centered) or
-    $\\hat\\nu_t$; $u_t = g_t / \\sqrt{v_t + \\epsilon}$ or $g_t / (\\sqrt{v_t} + \\epsilon)$.
-    """
-    out, nu, mu = [], float(initial_scale), 0.0
-    for t, g in enumerate(map(_wide, grads), 1):
-        nu = decay * nu + (1 - decay) * abs_sq(g)
-        c = (1 - decay**t) if bias_correction else 1.0
-        v = nu / c
-        if centered:
-            mu = decay * mu + (1 - decay) * g
-            v = np.maximum(v - abs_sq(mu / c), 0.0)
-        out.append(g / _denominator(v, eps, eps_in_sqrt))
-    return out
-
-
-def ref_adam(
-    grads: Sequence[Any],
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    *,
-    nesterov: bool = False,
-    bias_correction: bool = True,
-) -> list[np.ndarray]:
-    """Adam (Kingma & Ba 2015), NAdam first moment (Dozat 2016) with `nesterov`.
-
-    $\\mu_t = \\beta_1\\mu_{t-1} + (1-\\beta_1) g_t$, $\\nu_t = \\beta_2\\nu_{t-1} + (1-\\beta_2)|g_t|^2$,
-    $\\hat\\mu_t = \\mu_t/(1-\\beta_1^t)$, or with Nesterov
-    $\\beta_1\\mu_t/(1-\\beta_1^{t+1}) + (1-\\beta_1) g_t/(1-\\beta_1^t)$; $\\hat\\nu_t = \\nu_t/(1-\\beta_2^t)$;
-    $u_t = \\hat\\mu_t / (\\sqrt{\\hat\\nu_t + \\epsilon_{root}} + \\epsilon)$. Without bias correction every
-    $1-\\beta^k$ above is 1.
-    """
-    out, mu, nu = [], 0.0, 0.0
-    for t, g in enumerate(map(_wide, grads), 1):
-        mu = b1 * mu + (1 - b1) * g
-        nu = b2 * nu + (1 - b2) * abs_sq(g)
-        c1 = (lambda k: 1 - b1**k) if bias_correction else (lambda k: 1.0)
-        c2 = (1 - b2**t) if bias_correction else 1.0
-        mu_hat = b1 * mu / c1(t + 1) + (1 - b1) * g / c1(t) if nesterov else mu / c1(t)
-        out.append(mu_hat / (np.sqrt(nu / c2 + eps_root) + eps))
-    return out
-
-
-def ref_amsgrad(
-    grads: Sequence[Any],
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    *,
-    debias_before_max: bool = True,
-) -> list[np.ndarray]:
-    """AMSGrad (Reddi et al. 2018): Adam with a running maximum of the second moment.
-
-    `debias_before_max=True` (optax): $m_t = \\max(m_{t-1}, \\nu_t/(1-\\beta_2^t))$, denominator
-    $\\sqrt{m_t + \\epsilon_{root}} + \\epsilon$. `False` (PyTorch): $m_t = \\max(m_{t-1}, \\nu_t)$,
-    denominator $\\sqrt{m_t/(1-\\beta_2^t) + \\epsilon_{root}} + \\epsilon$. Numerator $\\mu_t/(1-\\beta_1^t)$.
-    """
-    out, mu, nu, m = [], 0.0, 0.0, 0.0
-    for t, g in enumerate(map(_wide, grads), 1):
-        mu = b1 * mu + (1 - b1) * g
-        nu = b2 * nu + (1 - b2) * abs_sq(g)
-        c2 = 1 - b2**t
-        if debias_before_max:
-            m = np.maximum(m, nu / c2)
-            nu_hat = m
-        else:
-            m = np.maximum(m, nu)
-            nu_hat = m / c2
-        out.append(mu / (1 - b1**t) / (np.sqrt(nu_hat + eps_root) + eps))
-    return out
-
-
-def ref_adamax(grads: Sequence[Any], b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> list[np.ndarray]:
-    """AdaMax (Kingma & Ba 2015, section 7.1), eps inside the max as in optax and PyTorch.
-
-    $\\mu_t = \\beta_1\\mu_{t-1} + (1-\\beta_1) g_t$, $\\nu_t = \\max(\\beta_2 \\nu_{t-1}, |g_t| + \\epsilon)$,
-    $u_t = \\mu_t / ((1-\\beta_1^t)\\nu_t)$.
-    """
-    out, mu, nu = [], 0.0, 0.0
-    for t, g in enumerate(map(_wide, grads), 1):
-        mu = b1 * mu + (1 - b1) * g
-        nu = np.maximum(b2 * nu, np.abs(g) + eps)
-        out.append(mu / (1 - b1**t) / nu)
-    return out
-
-
-def ref_decay(grads: Sequence[Any], params: Any, weight_decay: float | Schedule) -> list[np.ndarray]:
-    """Weight decay / L2 gradient: $u_t = g_t + \\lambda_t p_t$.
-
-    Args:
-        grads: the leaf's gradients, one per step.
-        params: the leaf's params: one array (fixed for every step) or a list with one per step.
-        weight_decay: $\\lambda$, a number or a schedule of the 0-based step.
-    """
-    if isinstance(params, (list, tuple)):
-        ps = [_wide(p) for p in params]
-    else:
-        ps = [_wide(params)] * len(grads)
-    return [_wide(g) + _at(weight_decay, k) * p for k, (g, p) in enumerate(zip(grads, ps, strict=True))]
-
-
-def ref_clip(grads: Sequence[Any], max_delta: float) -> list[np.ndarray]:
-    """$u_t = \\min(\\max(g_t, -\\delta), \\delta)$ element-wise (real gradients only)."""
-    return [np.clip(_wide(g), -max_delta, max_delta) for g in grads]
-
-
-def ref_global_norm(tree: PyTree) -> float:
-    """$\\sqrt{\\sum_{leaves}\\sum_i |g_i|^2}$ in float64."""
-    return float(np.sqrt(sum(float(np.sum(abs_sq(_wide(x)))) for x in jax.tree.leaves(tree))))
-
-
-def ref_clip_by_global_norm(grad_trees: Sequence[PyTree], max_norm: float, eps: float = 0.0) -> list[PyTree]:
-    """Clipping by global norm, on whole trees: $u = g \\min(1, c / (\\|g\\| + \\epsilon))$.
-
-    Written as "scale by $c/(\\|g\\|+\\epsilon)$ where that is below 1", which is the same number and
-    leaves a zero tree unchanged when $c = \\epsilon = 0$. `eps=0` is optax's form, `eps=1e-6`
-    PyTorch's `clip_grad_norm_`.
-    """
-    out = []
-    for tree in grad_trees:
-        n = ref_global_norm(tree) + eps
-        factor = max_norm / n if n > max_norm else 1.0
-        out.append(jax.tree.map(lambda g, f=factor: _wide(g) * f, tree))
-    return out
-
-
-def ref_clip_by_block_rms(grads: Sequence[Any], threshold: float) -> list[np.ndarray]:
-    """Per-leaf RMS clipping (Adafactor's update clipping): $u = g \\min(1, c / \\mathrm{rms}(g))$,
-    $\\mathrm{rms}(g) = \\sqrt{\\mathrm{mean}|g|^2}$."""
-    out = []
-    for g in map(_wide, grads):
-        rms = float(np.sqrt(np.mean(abs_sq(g)))) if g.size else 0.0
-        out.append(g * (threshold / rms if rms > threshold else 1.0))
-    return out
 
 
 def reference_tree(

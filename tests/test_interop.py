@@ -16,15 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from reference import (
-    assert_trajectory_close,
-    grad_sequence,
-    param_tree,
-    ref_adam,
-    ref_clip_by_global_norm,
-    reference_tree,
-    stored,
-)
+from reference import assert_trajectory_close, grad_sequence, param_tree, reference_tree, stored
+from references.adam import ref_adam
+from references.clipping import ref_clip_by_global_norm
 
 import gradchain as gc
 

@@ -28,17 +28,14 @@ from reference import (
     grad_sequence,
     max_relative_error,
     param_tree,
-    ref_adam,
-    ref_adamax,
-    ref_amsgrad,
-    ref_rms,
-    ref_rss,
-    ref_trace,
     reference_tree,
     state_buffers,
     stored,
     x64_enabled,
 )
+from references.adam import ref_adam, ref_adamax, ref_amsgrad
+from references.momentum import ref_trace
+from references.rms import ref_rms, ref_rss
 
 import gradchain as gc
 

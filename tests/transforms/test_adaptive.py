@@ -38,16 +38,13 @@ from reference import (
     cached_runs,
     grad_sequence,
     param_tree,
-    ref_adam,
-    ref_adamax,
-    ref_amsgrad,
-    ref_rms,
-    ref_rss,
     reference_tree,
     run_transform,
     standard_grads,
     stored,
 )
+from references.adam import ref_adam, ref_adamax, ref_amsgrad
+from references.rms import ref_rms, ref_rss
 
 import gradchain as gc
 

@@ -26,7 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import INT32_MAX, RTOL, Harmonic, ref_adam, ref_clip, ref_ema, ref_rms, stored
+from reference import INT32_MAX, RTOL, Harmonic, stored
+from references.adam import ref_adam
+from references.clipping import ref_clip
+from references.momentum import ref_ema
+from references.rms import ref_rms
 
 import gradchain as gc
 

@@ -31,15 +31,12 @@ from reference import (
     cached_runs,
     grad_sequence,
     param_tree,
-    ref_clip,
-    ref_clip_by_block_rms,
-    ref_clip_by_global_norm,
-    ref_global_norm,
     reference_tree,
     run_transform,
     standard_grads,
     stored,
 )
+from references.clipping import ref_clip, ref_clip_by_block_rms, ref_clip_by_global_norm, ref_global_norm
 
 import gradchain as gc
 

@@ -30,13 +30,12 @@ from reference import (
     cached_runs,
     grad_sequence,
     param_tree,
-    ref_ema,
-    ref_trace,
     reference_tree,
     run_transform,
     standard_grads,
     stored,
 )
+from references.momentum import ref_ema, ref_trace
 
 import gradchain as gc
 

@@ -28,12 +28,12 @@ from reference import (
     cached_runs,
     grad_sequence,
     param_tree,
-    ref_scale,
     reference_tree,
     run_transform,
     standard_grads,
     stored,
 )
+from references.scaling import ref_scale
 
 import gradchain as gc
 

@@ -31,12 +31,12 @@ from reference import (
     assert_trajectory_close,
     grad_sequence,
     param_tree,
-    ref_decay,
     reference_tree,
     run_transform,
     standard_grads,
     stored,
 )
+from references.weight_decay import ref_decay
 
 import gradchain as gc
 

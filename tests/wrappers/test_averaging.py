@@ -23,19 +23,10 @@ import optax
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
-from reference import (
-    RTOL,
-    RTOL32,
-    TREE_SCALES,
-    TREE_SHAPES,
-    assert_stacked_close,
-    grad_sequence,
-    param_tree,
-    ref_adam,
-    ref_scale,
-    ref_trace,
-    stored,
-)
+from reference import RTOL, RTOL32, TREE_SCALES, TREE_SHAPES, assert_stacked_close, grad_sequence, param_tree, stored
+from references.adam import ref_adam
+from references.momentum import ref_trace
+from references.scaling import ref_scale
 
 import gradchain as gc
 from gradchain import LookaheadState, ParamEmaState, SwaState, averaged_params, ema_params, lookahead, slow_params, swa

@@ -1,0 +1,4 @@
+"""float64 numpy transcriptions of gradchain's update rules, one file per family (as gradchain/transforms/).
+
+`from references.adam import ref_adam`; the generic run-and-compare helpers stay in tests/reference.py.
+"""
