@@ -6,12 +6,21 @@ chains of them. Numeric hyperparameters live in the state: change them without r
 back the values in effect (`hyperparams`, `set_hyperparams`).
 """
 
-from gradchain import schedules, tree
+import warnings
+from typing import Any
+
+# The subpackages are attributes too (gc.transforms.scale_by_adam, gc.doctor.diagnose), not in __all__.
+from gradchain import doctor as doctor
+from gradchain import optimizers as optimizers
+from gradchain import schedules, transforms, tree
+from gradchain import wrappers as wrappers
 from gradchain._base import (
     EmptyState,
     GradientTransformation,
     OptState,
     Params,
+    ScalarOrSchedule,
+    Schedule,
     Updates,
     apply_updates,
     identity,
@@ -27,135 +36,154 @@ from gradchain._numerics import safe_increment
 from gradchain._packing import Packed, pack, unpack
 from gradchain.doctor import Diagnosis, Finding, LRRangeResult, diagnose, lr_range_test
 from gradchain.interop import from_optax, to_optax
-from gradchain.optimizers.adam_variants import adabelief, adan, novograd, radam, yogi
-from gradchain.optimizers.classic import (
+from gradchain.optimizers import (
+    MinimizeResult,
+    adabelief,
+    adadelta,
+    adafactor,
     adagrad,
     adam,
     adamax,
     adamaxw,
     adamw,
+    adan,
     amsgrad,
+    asgd,
+    fromage,
+    lamb,
+    lars,
+    lbfgs,
+    lion,
+    minimize,
     nadam,
     nadamw,
-    rmsprop,
-    sgd,
-)
-from gradchain.optimizers.layerwise import fromage, lamb, lars, sm3
-from gradchain.optimizers.lbfgs import MinimizeResult, ScaleByLbfgsState, lbfgs, minimize, scale_by_lbfgs
-from gradchain.optimizers.modern import adafactor, lion
-from gradchain.optimizers.sgd_variants import (
-    adadelta,
-    asgd,
     noisy_sgd,
+    novograd,
     optimistic_adam,
     optimistic_gradient_descent,
     polyak_sgd,
+    radam,
+    rmsprop,
     rprop,
+    sgd,
     sign_sgd,
     signum,
+    sm3,
+    yogi,
 )
-from gradchain.transforms.adam_variants import (
-    ScaleByAdanState,
-    ScaleByBeliefState,
-    ScaleByNovogradState,
-    scale_by_adan,
-    scale_by_belief,
-    scale_by_novograd,
-    scale_by_radam,
-    scale_by_yogi,
-)
-from gradchain.transforms.adaptive import (
-    ScaleByAdamState,
-    ScaleByAmsgradState,
-    ScaleByNadamState,
-    ScaleByRmsState,
-    ScaleByRssState,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_amsgrad,
-    scale_by_nadam,
-    scale_by_rms,
-    scale_by_rss,
-)
-from gradchain.transforms.clipping import (
+from gradchain.transforms import (
+    AdaptiveGradClipState,
+    AddDecayedWeightsState,
+    AddNoiseState,
     ClipByBlockRmsState,
     ClipByGlobalNormState,
     ClipState,
+    EmaState,
+    FactoredState,
+    ReduceOnPlateauState,
+    ScaleByAdaDeltaState,
+    ScaleByAdamState,
+    ScaleByAdanState,
+    ScaleByAmsgradState,
+    ScaleByAsgdState,
+    ScaleByBacktrackingLinesearchState,
+    ScaleByBeliefState,
+    ScaleByFromageStepState,
+    ScaleByLBFGSState,
+    ScaleByLionState,
+    ScaleByNadamState,
+    ScaleByNovogradState,
+    ScaleByOptimisticGradientState,
+    ScaleByParamBlockNormState,
+    ScaleByParamBlockRmsState,
+    ScaleByPolyakState,
+    ScaleByRmsState,
+    ScaleByRpropState,
+    ScaleByRssState,
+    ScaleBySignState,
+    ScaleBySM3State,
+    ScaleByTrustRatioState,
+    ScaleByZoomLinesearchState,
+    ScaleState,
+    TraceState,
+    ZeroNansState,
+    adaptive_grad_clip,
+    add_decayed_weights,
+    add_l2_regularization,
+    add_noise,
+    asgd_averaged_params,
+    centralize,
+    check_finite,
     clip,
     clip_by_block_rms,
     clip_by_global_norm,
-)
-from gradchain.transforms.debugging import check_finite
-from gradchain.transforms.factored import (
-    ScaleByFactoredRmsState,
-    ScaleByParamBlockRmsState,
+    ema,
+    find_linesearch_state,
+    keep_params_nonnegative,
+    reduce_on_plateau,
+    scale,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_adan,
+    scale_by_amsgrad,
+    scale_by_asgd,
+    scale_by_backtracking_linesearch,
+    scale_by_belief,
     scale_by_factored_rms,
-    scale_by_param_block_rms,
-)
-from gradchain.transforms.layerwise import (
-    AdaptiveGradClipState,
-    ScaleByFromageStepState,
-    ScaleByParamBlockNormState,
-    ScaleBySM3State,
-    ScaleByTrustRatioState,
-    adaptive_grad_clip,
-    centralize,
     scale_by_fromage_step,
+    scale_by_lbfgs,
+    scale_by_learning_rate,
+    scale_by_lion,
+    scale_by_nadam,
+    scale_by_novograd,
+    scale_by_optimistic_gradient,
     scale_by_param_block_norm,
+    scale_by_param_block_rms,
+    scale_by_polyak,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rprop,
+    scale_by_rss,
+    scale_by_schedule,
+    scale_by_sign,
     scale_by_sm3,
     scale_by_trust_ratio,
-)
-from gradchain.transforms.linesearch import (
-    ScaleByBacktrackingLinesearchState,
-    ScaleByZoomLinesearchState,
-    find_linesearch_state,
-    scale_by_backtracking_linesearch,
+    scale_by_yogi,
     scale_by_zoom_linesearch,
+    trace,
     value_and_grad_from_state,
+    zero_nans,
 )
-from gradchain.transforms.momentum import EmaState, TraceState, ema, trace
-from gradchain.transforms.scaling import ScaleState, scale, scale_by_learning_rate, scale_by_schedule
-from gradchain.transforms.sgd_variants import (
-    AddNoiseState,
-    ScaleByAdadeltaState,
-    ScaleByAsgdState,
-    ScaleByOptimisticGradientState,
-    ScaleByPolyakState,
-    ScaleByRpropState,
-    add_noise,
-    asgd_averaged_params,
-    scale_by_adadelta,
-    scale_by_asgd,
-    scale_by_optimistic_gradient,
-    scale_by_polyak,
-    scale_by_rprop,
-)
-from gradchain.transforms.sign import ScaleByLionState, ScaleBySignState, scale_by_lion, scale_by_sign
-from gradchain.transforms.weight_decay import WeightDecayState, add_decayed_weights, add_l2_regularization
-from gradchain.wrappers.accumulate import MultiStepsState, has_updated, multi_steps
-from gradchain.wrappers.averaging import (
+from gradchain.wrappers import (
+    ApplyIfFiniteState,
+    DynamicLossScaleState,
     LookaheadState,
+    MaskedState,
+    MonitorState,
+    MultiStepsState,
     ParamEmaState,
+    PartitionState,
+    SkipOnSpikeState,
     SwaState,
+    apply_if_finite,
     averaged_params,
+    dynamic_loss_scale,
     ema_params,
+    freeze,
+    has_updated,
     lookahead,
+    loss_scale,
+    masked,
+    metrics,
+    monitored,
+    multi_steps,
+    partition,
+    reset_group,
+    skip_on_spike,
     slow_params,
     swa,
 )
-from gradchain.wrappers.loss_scaling import DynamicLossScaleState, dynamic_loss_scale, loss_scale
-from gradchain.wrappers.monitoring import MonitorState, metrics, monitored
-from gradchain.wrappers.partition import (
-    MaskedState,
-    PartitionState,
-    freeze,
-    masked,
-    partition,
-    reset_group,
-)
-from gradchain.wrappers.plateau import ReduceOnPlateauState, reduce_on_plateau
-from gradchain.wrappers.safety import ApplyIfFiniteState, SkipOnSpikeState, apply_if_finite, skip_on_spike
-from gradchain.wrappers.sanitize import ZeroNansState, keep_params_nonnegative, zero_nans
 
 __version__ = "0.1.0"
 
@@ -171,6 +199,8 @@ __all__ = [
     "Params",
     "Updates",
     "OptState",
+    "Schedule",
+    "ScalarOrSchedule",
     "chain",
     "named_chain",
     "identity",
@@ -221,13 +251,13 @@ __all__ = [
     "ScaleByAdamState",
     "ScaleByAmsgradState",
     "ScaleByNadamState",
-    "WeightDecayState",
+    "AddDecayedWeightsState",
     "ClipState",
     "ClipByGlobalNormState",
     "ClipByBlockRmsState",
     "ScaleBySignState",
     "ScaleByLionState",
-    "ScaleByFactoredRmsState",
+    "FactoredState",
     "ScaleByParamBlockRmsState",
     # ingredients: more adaptive, layer-wise and second-order
     "scale_by_belief",
@@ -253,7 +283,7 @@ __all__ = [
     "scale_by_lbfgs",
     "scale_by_zoom_linesearch",
     "scale_by_backtracking_linesearch",
-    "ScaleByAdadeltaState",
+    "ScaleByAdaDeltaState",
     "ScaleByRpropState",
     "ScaleByAsgdState",
     "AddNoiseState",
@@ -264,7 +294,7 @@ __all__ = [
     "AdaptiveGradClipState",
     "ScaleBySM3State",
     "ScaleByFromageStepState",
-    "ScaleByLbfgsState",
+    "ScaleByLBFGSState",
     "ScaleByZoomLinesearchState",
     "ScaleByBacktrackingLinesearchState",
     # helpers for these
@@ -349,3 +379,12 @@ __all__ = [
     "schedules",
     "tree",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The old names of renamed states (see `gradchain.transforms.DEPRECATED_NAMES`), with a warning.
+    if name in transforms.DEPRECATED_NAMES:
+        new = transforms.DEPRECATED_NAMES[name]
+        warnings.warn(f"gradchain: {name} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
+        return getattr(transforms, new)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,10 @@ PyTree = Any
 Params = PyTree
 Updates = PyTree
 OptState = PyTree
+Schedule: TypeAlias = Callable[[jax.typing.ArrayLike], jax.Array]
+"""A function from a step count (int or float, scalar or array) to a float array of the same shape."""
+ScalarOrSchedule: TypeAlias = float | jax.Array | Schedule
+"""A hyperparameter's value: a number, or a `Schedule` of the step count."""
 
 
 class InitFn(Protocol):

@@ -120,6 +120,13 @@ def check_transformation(where: str, tx: Any) -> None:
         raise TypeError(f"{where} must be a GradientTransformation (with init and update), got {tx!r}")
 
 
+def check_params_given(owner: str, params: Any, updates: Any) -> None:
+    """Raise unless `params` were passed to `update` and have the structure of `updates`."""
+    if params is None:
+        raise ValueError(f"{owner} needs the params: call update(updates, state, params)")
+    tree_util.check_same_structure(params, updates, expected_name="params", actual_name="updates", where=owner)
+
+
 def check_leaf_dtypes(owner: str, what: str, tree: Any, *, complex_ok: bool) -> None:
     """Raise TypeError naming the leaf path for integer/boolean leaves, or complex ones if unsupported."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:

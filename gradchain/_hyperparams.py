@@ -10,7 +10,7 @@ at run time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -20,8 +20,6 @@ from gradchain import _checks
 from gradchain import tree as tree_util
 from gradchain._checks import Check
 from gradchain._numerics import float_dtype
-
-Schedule = Callable[[jax.Array], jax.Array]
 
 
 @jax.tree_util.register_pytree_with_keys_class

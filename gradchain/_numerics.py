@@ -7,6 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from gradchain.tree import abs_sq
+
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
@@ -18,6 +20,17 @@ def float_dtype() -> jnp.dtype:
 def compute_dtype(dtype: Any) -> jnp.dtype:
     """The dtype a rule runs in for a leaf of `dtype`: at least float32, complex kept complex."""
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def widen(x: Any) -> jax.Array:
+    """`x` in its compute dtype: at least float32 (complex stays complex)."""
+    x = jnp.asarray(x)
+    return x.astype(compute_dtype(x.dtype))
+
+
+def leaf_norm(x: jax.Array, axis: Any = None, keepdims: bool = False) -> jax.Array:
+    """The L2 (Frobenius) norm of a leaf already in its compute dtype; real for complex leaves."""
+    return jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=keepdims))
 
 
 def real_dtype(dtype: Any) -> jnp.dtype:

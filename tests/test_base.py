@@ -317,6 +317,8 @@ NOT_TRANSFORMATIONS = {
     "Params",
     "Updates",
     "OptState",
+    "Schedule",
+    "ScalarOrSchedule",
     "apply_updates",
     "Packed",
     "pack",

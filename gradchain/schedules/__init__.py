@@ -49,6 +49,7 @@ Mapping from PyTorch's `torch.optim.lr_scheduler` (with `lr` the optimizer's lea
 (*) Up to step `T_max`; beyond it torch's cosine keeps oscillating, while gradchain holds `eta_min`.
 """
 
+from gradchain._base import Schedule
 from gradchain.schedules._basic import (
     constant_schedule,
     exponential_decay,
@@ -57,7 +58,6 @@ from gradchain.schedules._basic import (
     piecewise_constant_schedule,
     polynomial_schedule,
 )
-from gradchain.schedules._common import Schedule
 from gradchain.schedules._cosine import cosine_decay_schedule, cosine_warm_restarts_schedule, sgdr_schedule
 from gradchain.schedules._cyclic import cosine_onecycle_schedule, cyclic_schedule, linear_onecycle_schedule
 from gradchain.schedules._power_law import inverse_sqrt_schedule, inverse_time_decay, power_law_schedule

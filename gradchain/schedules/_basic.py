@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from gradchain._base import Schedule
 from gradchain._checks import Check, check_int, concrete_float
 from gradchain.schedules._common import (
-    Schedule,
     check_bool,
     check_value,
     finish,

@@ -10,17 +10,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradchain._base import Schedule
 from gradchain._checks import Check, check, concrete_float
-
-Schedule: TypeAlias = Callable[[jax.typing.ArrayLike], jax.Array]
-"""A function from a step count (int or float, scalar or array) to a float array of the same shape."""
-
 
 # ----------------------------------------------------------------------------------------------------
 # Validation helpers.

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradchain._base import Schedule
 from gradchain._checks import Check, check_int
 from gradchain.schedules._basic import join_schedules
-from gradchain.schedules._common import Schedule, check_value, cosine_weights, finish, float_steps
+from gradchain.schedules._common import check_value, cosine_weights, finish, float_steps
 from gradchain.schedules._warmup import warmup_cosine_decay_schedule
 
 

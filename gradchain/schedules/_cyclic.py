@@ -7,9 +7,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from gradchain._base import Schedule
 from gradchain._checks import Check, check_int
 from gradchain.schedules._common import (
-    Schedule,
     check_bool,
     check_choice,
     check_concrete,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gradchain._base import Schedule
 from gradchain._checks import Check, check_int
-from gradchain.schedules._common import Schedule, check_bool, check_value, finish, float_steps
+from gradchain.schedules._common import check_bool, check_value, finish, float_steps
 
 
 def inverse_sqrt_schedule(

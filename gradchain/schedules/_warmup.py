@@ -8,10 +8,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from gradchain._base import Schedule
 from gradchain._checks import Check, check_int
 from gradchain.schedules._basic import exponential_decay
 from gradchain.schedules._common import (
-    Schedule,
     check_choice,
     check_value,
     cosine_weights,

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation
-from gradchain._checks import Check, check_leaf_dtypes
+from gradchain._checks import Check, check_leaf_dtypes, check_params_given
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import elementwise
+from gradchain._numerics import leaf_norm, real_dtype, widen
 from gradchain._packing import PackInfo, mark_packable
 
 
@@ -168,5 +169,123 @@ def clip_by_block_rms(threshold: float | jax.Array) -> GradientTransformation:
             return (x * factor).astype(g.dtype)
 
         return jax.tree.map(clip_leaf, updates), state
+
+    return GradientTransformation(init, update)
+
+
+_AGC = "adaptive_grad_clip"
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive gradient clipping
+
+
+class AdaptiveGradClipState(NamedTuple):
+    """State of `adaptive_grad_clip`: hyperparameters `clipping`, `eps`."""
+
+    hyperparams: Hyperparams
+
+
+# Below this unit norm the clipping factor divides by it instead (only reached with a gradient
+# norm that is both tiny and above the limit, i.e. clipping * max(|p|, eps) < 1e-6); as optax.
+_AGC_DIV_EPS = 1e-6
+
+
+def _unit_axes(where: str, shape: tuple[int, ...], axis: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    """The axes a unit of a leaf spans (the norm is taken over them): `axis`, or optax's rules."""
+    ndim = len(shape)
+    if axis is not None:
+        axes = (axis,) if isinstance(axis, int) else axis
+        if any(not -ndim <= a < ndim for a in axes):
+            raise ValueError(f"{_AGC}: leaf {where} has shape {shape}, which has no axis {axis!r}")
+        return tuple(a % ndim for a in axes)
+    if sum(d != 1 for d in shape) <= 1:  # scalars, vectors, and vectors with size-1 axes
+        return tuple(range(ndim))
+    if ndim in (2, 3):  # Dense (in, out); multi-head (in, heads, out)
+        return (0,)
+    if ndim in (4, 5):  # conv kernels HWIO and DHWIO: the fan-in
+        return tuple(range(ndim - 1))
+    raise ValueError(
+        f"{_AGC}: leaf {where} has shape {shape}: no default unit axes for {ndim} dimensions "
+        "(1 to 5 have one); pass axis"
+    )
+
+
+def adaptive_grad_clip(
+    clipping: float | jax.Array,
+    eps: float | jax.Array = 1e-3,
+    axis: int | tuple[int, ...] | None = None,
+) -> GradientTransformation:
+    """Adaptive gradient clipping (NFNets): clip each unit's gradient relative to its weights' norm.
+
+    For every unit $i$ of a leaf (the slice feeding one output: a column of a Dense kernel),
+    with $\\|\\cdot\\|$ the L2 norm over the unit:
+
+    $$ G_i \\leftarrow \\begin{cases} \\lambda \\dfrac{\\max(\\|W_i\\|, \\epsilon)}{\\|G_i\\|}\\, G_i
+       & \\text{if } \\|G_i\\| \\ge \\lambda \\max(\\|W_i\\|, \\epsilon) \\\\ G_i & \\text{otherwise} \\end{cases} $$
+
+    Units, for `axis=None` (optax's rules, JAX layouts): the whole leaf for scalars and vectors
+    (also with size-1 axes); axis 0 for 2-d and 3-d leaves (Dense `(in, out)`, multi-head
+    `(in, heads, out)`); the fan-in axes `(0, 1, 2)` / `(0, 1, 2, 3)` for 4-d / 5-d convolution
+    kernels (HWIO, DHWIO). Other ranks need `axis`, which is applied to every leaf. $\\epsilon$
+    keeps zero-initialised weights from freezing. As optax's `adaptive_grad_clip`, including its
+    guard: the division is by $\\max(\\|G_i\\|, 10^{-6})$. Norms are computed in at least float32.
+    `update` needs the params.
+
+    Args:
+        clipping: $\\lambda \\ge 0$, the largest ratio of a unit's gradient norm to its weights'
+            norm (hyperparameter `clipping`; the paper uses 0.01 for batch size 4096).
+        eps: $\\epsilon \\ge 0$ (hyperparameter `eps`).
+        axis: static axis or axes a unit spans (the norm is taken over them), or None for the
+            rules above.
+
+    Returns:
+        A `GradientTransformation` with `AdaptiveGradClipState`.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        tx = gc.adaptive_grad_clip(0.1)
+        params = {"w": jnp.array([[3.0, 1.0], [4.0, 0.0]])}  # column norms 5 and 1
+        g = {"w": jnp.array([[0.3, 1.0], [0.4, 0.0]])}  # column norms 0.5 and 1
+        u, _ = tx.update(g, tx.init(params), params)
+        assert jnp.allclose(u["w"][:, 0], g["w"][:, 0])  # 0.5 < 0.1 * 5: kept
+        assert jnp.allclose(u["w"][:, 1], jnp.array([0.1, 0.0]))  # 1 > 0.1 * 1: clipped to 0.1
+        ```
+
+    References:
+        Brock, De, Smith & Simonyan, *High-Performance Large-Scale Image Recognition Without
+        Normalization*, ICML 2021.
+    """
+    spec = HyperparamSpec(
+        _AGC, allow_schedules=False, clipping=(clipping, Check.NONNEGATIVE), eps=(eps, Check.NONNEGATIVE)
+    )
+    if axis is not None:
+        axes = (axis,) if isinstance(axis, int) else axis
+        if not isinstance(axes, tuple) or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+            raise TypeError(f"{_AGC}: axis must be None, an int or a tuple of ints, got {axis!r}")
+
+    def init(params):
+        return tree_util.place_like(AdaptiveGradClipState(spec.init()), params)
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        check_params_given(_AGC, params, updates)
+        check_leaf_dtypes(_AGC, "update", updates, complex_ok=True)
+        hp = state.hyperparams
+        flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
+        out = []
+        for (path, g), p in zip(flat, treedef.flatten_up_to(params), strict=True):
+            axes = _unit_axes(tree_util.path_str(path), tuple(g.shape), axis)
+            x = widen(g)
+            rdtype = real_dtype(x.dtype)
+            g_norm = leaf_norm(x, axis=axes, keepdims=True)
+            p_norm = leaf_norm(widen(p), axis=axes, keepdims=True).astype(rdtype)
+            limit = hp.clipping.astype(rdtype) * jnp.maximum(p_norm, hp.eps.astype(rdtype))
+            clipped = x * (limit / jnp.maximum(g_norm, _AGC_DIV_EPS))
+            out.append(jnp.where(g_norm < limit, x, clipped).astype(g.dtype))
+        return treedef.unflatten(out), state
 
     return GradientTransformation(init, update)

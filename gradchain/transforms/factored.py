@@ -29,7 +29,7 @@ _FACTORED = "scale_by_factored_rms"
 _PARAM_BLOCK_RMS = "scale_by_param_block_rms"
 
 
-class ScaleByFactoredRmsState(NamedTuple):
+class FactoredState(NamedTuple):
     """State of `scale_by_factored_rms`: step count, the statistics `v_row`, `v_col`, `v`, hyperparameters.
 
     Every leaf of the params has an entry in each of `v_row`, `v_col` and `v`; only one kind is
@@ -155,7 +155,7 @@ def scale_by_factored_rms(
     row axis the second largest (the later axis on a tie); other axes are kept (batched matrices).
     $\\hat\\beta_1 = 0$, so the first step needs no bias correction. This is optax's
     `scale_by_factored_rms` (same defaults, formulas and state layout, see
-    `ScaleByFactoredRmsState`), with four differences, all deliberate:
+    `FactoredState`), with four differences, all deliberate:
 
     - the arithmetic runs in at least float32 (optax: in the param dtype, where $\\epsilon = 10^{-30}$
       is 0 in float16), and the update is cast back to the gradient's dtype; the statistics are
@@ -187,7 +187,7 @@ def scale_by_factored_rms(
             float16 params).
 
     Returns:
-        A `GradientTransformation` with `ScaleByFactoredRmsState`.
+        A `GradientTransformation` with `FactoredState`.
 
     Example:
         ```python
@@ -229,7 +229,7 @@ def scale_by_factored_rms(
         treedef = jax.tree.structure(params)
         per_leaf = [_init_leaf(p, dims_of(p.shape), slot.storage_dtype(p.dtype)) for p in treedef.flatten_up_to(params)]
         v_row, v_col, v = (treedef.unflatten([buffers[k] for buffers in per_leaf]) for k in range(3))
-        state = ScaleByFactoredRmsState(jnp.zeros((), jnp.int32), v_row, v_col, v, spec.init())
+        state = FactoredState(jnp.zeros((), jnp.int32), v_row, v_col, v, spec.init())
         return tree_util.place_like(state, params)
 
     def update(updates, state, params=None, **extra_args):
@@ -250,12 +250,12 @@ def scale_by_factored_rms(
         )
         out = [_update_leaf(g, r, c, v, dims_of(g.shape), step, hp, decay_fn) for g, r, c, v in leaves]
         u, v_row, v_col, v = (treedef.unflatten([o[k] for o in out]) for k in range(4))
-        return u, ScaleByFactoredRmsState(safe_increment(state.count), v_row, v_col, v, hp)
+        return u, FactoredState(safe_increment(state.count), v_row, v_col, v, hp)
 
     return GradientTransformation(init, update)
 
 
-def _check_state_fits(updates: Any, state: ScaleByFactoredRmsState, dims_of: Callable) -> None:
+def _check_state_fits(updates: Any, state: FactoredState, dims_of: Callable) -> None:
     """The updates must have the params' tree, and each leaf the shape the state was built for."""
     tree_util.check_same_structure(
         jax.tree.map(lambda _: 0, state.v),

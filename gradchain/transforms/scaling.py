@@ -6,12 +6,10 @@ from typing import NamedTuple
 
 import jax
 
-from gradchain._base import GradientTransformation
+from gradchain._base import GradientTransformation, ScalarOrSchedule, Schedule
 from gradchain._checks import Check
-from gradchain._hyperparams import Hyperparams, HyperparamSpec, Schedule
+from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import elementwise
-
-ScalarOrSchedule = float | jax.Array | Schedule
 
 
 class ScaleState(NamedTuple):

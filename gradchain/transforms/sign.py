@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from gradchain._base import GradientTransformation, Updates
-from gradchain._checks import Check, check_state_dtype
+from gradchain._checks import Check, check, check_state_dtype, concrete_float
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import Slot, elementwise
 
@@ -121,3 +121,104 @@ def scale_by_lion(
 
     slots = [Slot("mu", dtype=mu_dtype)]
     return elementwise(rule, ScaleByLionState, spec, slots=slots, complex_ok=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rprop
+
+
+class ScaleByRpropState(NamedTuple):
+    """State of `scale_by_rprop`: step count, per-coordinate `step_sizes`, `prev_sign` (int8), etas and bounds."""
+
+    count: jax.Array
+    step_sizes: Updates
+    prev_sign: Updates
+    hyperparams: Hyperparams
+
+
+def scale_by_rprop(
+    learning_rate: float,
+    eta_minus: float | jax.Array = 0.5,
+    eta_plus: float | jax.Array = 1.2,
+    min_step_size: float | jax.Array = 1e-6,
+    max_step_size: float | jax.Array = 50.0,
+) -> GradientTransformation:
+    """Resilient backpropagation: per-coordinate step sizes adapted to sign changes (iRprop-).
+
+    With $s_t = \\operatorname{sign}(g_t)\\, \\operatorname{sign}(\\tilde g_{t-1})$, $\\tilde g_0 = 0$:
+
+    $$ \\Delta_t = \\operatorname{clip}\\Big(\\Delta_{t-1} \\cdot
+       \\begin{cases} \\eta^+ & s_t > 0 \\\\ \\eta^- & s_t < 0 \\\\ 1 & s_t = 0 \\end{cases},\\;
+       \\Delta_{\\min}, \\Delta_{\\max}\\Big), \\qquad
+       \\tilde g_t = \\begin{cases} 0 & s_t < 0 \\\\ g_t & \\text{else} \\end{cases}, \\qquad
+       u_t = \\Delta_t \\operatorname{sign}(\\tilde g_t) $$
+
+    from $\\Delta_0$ = `learning_rate`. After a sign change the coordinate does not move and its
+    gradient is forgotten, so the next step only grows or keeps its size (Igel & Hüsken's iRprop-,
+    the variant of PyTorch and optax). The update points *up* the gradient, as optax's: follow it
+    with `scale(-1.0)` (see `gradchain.optimizers.sgd_variants.rprop`).
+
+    The state keeps only the sign of $\\tilde g$ (int8, 1 byte per parameter; PyTorch keeps the
+    gradient and optax the last update, which it returns one step late: its first update is 0) and
+    compares signs, not the product $g_t \\tilde g_{t-1}$, which underflows to 0 in float32 below
+    $|g| \\approx 10^{-23}$. The step size is clipped at every step, the first included, as in
+    PyTorch; optax leaves it unclipped while $s_t = 0$, so the two differ only when `learning_rate`
+    lies outside $[\\Delta_{\\min}, \\Delta_{\\max}]$. Complex params raise TypeError (the sign of a
+    complex number is ambiguous).
+
+    Args:
+        learning_rate: the initial step size $\\Delta_0 > 0$ (a number, static: it only fills the
+            initial `step_sizes`).
+        eta_minus: $\\eta^- \\in [0, 1)$, the shrink factor after a sign change (hyperparameter).
+        eta_plus: $\\eta^+ > 0$ (normally $> 1$), the growth factor while the sign holds (hyperparameter).
+        min_step_size: $\\Delta_{\\min} \\ge 0$ (hyperparameter).
+        max_step_size: $\\Delta_{\\max} \\ge \\Delta_{\\min}$ (hyperparameter).
+
+    Returns:
+        A `GradientTransformation` with `ScaleByRpropState`.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        tx = gc.scale_by_rprop(learning_rate=0.1)
+        state = tx.init({"w": jnp.zeros(2)})
+        u, state = tx.update({"w": jnp.array([1.0, -1.0])}, state)   # first step: 0.1 * sign
+        u, state = tx.update({"w": jnp.array([3.0, 2.0])}, state)    # same sign / flipped
+        assert jnp.allclose(u["w"], jnp.array([0.12, 0.0]))
+        assert jnp.allclose(state.step_sizes["w"], jnp.array([0.12, 0.05]))
+        ```
+
+    References:
+        Riedmiller & Braun, *A direct adaptive method for faster backpropagation learning: the
+        RPROP algorithm*, ICNN 1993; Igel & Hüsken, *Improving the Rprop learning algorithm*, 2000.
+    """
+    owner = "scale_by_rprop"
+    if callable(learning_rate):
+        raise TypeError(f"{owner}: learning_rate is the initial step size, a number; schedules are not supported")
+    check(f"{owner}: learning_rate", learning_rate, Check.POSITIVE)
+    initial = concrete_float(learning_rate)
+    if initial is None:
+        raise TypeError(f"{owner}: learning_rate must be a concrete number, got {learning_rate!r}")
+    spec = HyperparamSpec(
+        owner,
+        eta_minus=(eta_minus, Check.UNIT_INTERVAL),
+        eta_plus=(eta_plus, Check.POSITIVE),
+        min_step_size=(min_step_size, Check.NONNEGATIVE),
+        max_step_size=(max_step_size, Check.NONNEGATIVE),
+    )
+    low, high = concrete_float(min_step_size), concrete_float(max_step_size)
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"{owner}: min_step_size ({low}) must be <= max_step_size ({high})")
+
+    def rule(g, step, prev, *, eta_minus, eta_plus, min_step_size, max_step_size):
+        direction = jnp.sign(g)
+        s = direction * prev
+        factor = jnp.where(s > 0, eta_plus, jnp.where(s < 0, eta_minus, 1.0))
+        step = jnp.clip(step * factor, min_step_size, max_step_size)
+        direction = jnp.where(s < 0, 0.0, direction)
+        return step * direction, (step, direction)
+
+    slots = [Slot("step_sizes", init=initial), Slot("prev_sign", dtype=jnp.int8)]
+    return elementwise(rule, ScaleByRpropState, spec, slots=slots, complex_ok=False)

@@ -14,14 +14,13 @@ from typing import Any, NamedTuple
 
 import jax
 
-from gradchain._base import GradientTransformation
+from gradchain._base import GradientTransformation, ScalarOrSchedule
 from gradchain._checks import Check
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import elementwise
-from gradchain.transforms.scaling import ScalarOrSchedule
 
 
-class WeightDecayState(NamedTuple):
+class AddDecayedWeightsState(NamedTuple):
     """State of `add_decayed_weights` / `add_l2_regularization`: step count and `weight_decay`."""
 
     count: jax.Array
@@ -34,7 +33,7 @@ def _decay_rule(g, *, p, weight_decay):
 
 def _weight_decay(owner: str, weight_decay: ScalarOrSchedule, mask: Any) -> GradientTransformation:
     spec = HyperparamSpec(owner, weight_decay=(weight_decay, Check.NONNEGATIVE))
-    return elementwise(_decay_rule, WeightDecayState, spec, uses_params=True, mask=mask)
+    return elementwise(_decay_rule, AddDecayedWeightsState, spec, uses_params=True, mask=mask)
 
 
 def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientTransformation:
@@ -53,7 +52,7 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) 
             biases). False leaves pass through unchanged.
 
     Returns:
-        A `GradientTransformation` with `WeightDecayState`; `update` needs the params.
+        A `GradientTransformation` with `AddDecayedWeightsState`; `update` needs the params.
 
     Example:
         ```python
@@ -87,7 +86,7 @@ def add_l2_regularization(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None
         mask: which leaves to regularise (tree of bools or function of the params).
 
     Returns:
-        A `GradientTransformation` with `WeightDecayState`; `update` needs the params.
+        A `GradientTransformation` with `AddDecayedWeightsState`; `update` needs the params.
 
     Example:
         ```python

@@ -1,6 +1,6 @@
-"""Optimizers beyond the textbook: Lion (sign of interpolated momentum), Adafactor (factored second moment).
+"""Memory-light optimizers: Adafactor (factored second moment), SM3 (a cover of accumulators).
 
-Each is a `chain` of public ingredients, with the conventions of `gradchain.optimizers.classic`: an
+Each is a `chain` of public ingredients, with the conventions of `gradchain.optimizers.recipe`: an
 optional part whose argument is left as `None` is left out of the chain (no state, no work); any
 value, `0.0` included, puts it in, and its hyperparameter can then be changed between steps with
 `set_hyperparams`.
@@ -10,84 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from gradchain._base import GradientTransformation
+from gradchain._base import GradientTransformation, ScalarOrSchedule
 from gradchain._checks import Check, check, check_int, check_state_dtype
-from gradchain.optimizers.classic import recipe
+from gradchain.optimizers.recipe import Scalar, recipe
 from gradchain.transforms.clipping import clip_by_block_rms
 from gradchain.transforms.factored import scale_by_factored_rms, scale_by_param_block_rms
 from gradchain.transforms.momentum import ema
-from gradchain.transforms.scaling import ScalarOrSchedule, scale, scale_by_learning_rate
-from gradchain.transforms.sign import scale_by_lion
+from gradchain.transforms.scaling import scale, scale_by_learning_rate
+from gradchain.transforms.sm3 import scale_by_sm3
 from gradchain.transforms.weight_decay import add_decayed_weights
-
-Scalar = float | jax.Array
-
-
-def lion(
-    learning_rate: ScalarOrSchedule,
-    b1: Scalar = 0.9,
-    b2: Scalar = 0.99,
-    mu_dtype: DTypeLike | None = None,
-    weight_decay: ScalarOrSchedule | None = 1e-3,
-    mask: Any = None,
-    *,
-    pack: bool | None = None,
-) -> GradientTransformation:
-    """Lion: the sign of an interpolation of momentum and gradient, with decoupled weight decay.
-
-    $$ c_t = \\beta_1 m_{t-1} + (1-\\beta_1) g_t, \\qquad
-       p_t = p_{t-1} - \\eta_t \\big(\\operatorname{sign}(c_t) + \\lambda p_{t-1}\\big), \\qquad
-       m_t = \\beta_2 m_{t-1} + (1-\\beta_2) g_t $$
-
-    Recipe: `scale_by_lion(b1, b2, mu_dtype)` → `add_decayed_weights(weight_decay, mask)` →
-    `scale_by_learning_rate(learning_rate)`; `weight_decay=None` leaves the decay out. This is
-    `optax.lion` with the same arguments in the same order; the decay is multiplied by the learning
-    rate, as in optax and PyTorch's AdamW. Every step has the same size $\\eta$ per coordinate, so
-    Lion's learning rate is typically 3-10x smaller than AdamW's and its weight decay 3-10x larger
-    (Chen et al. 2023, section 5).
-
-    Args:
-        learning_rate: $\\eta \\ge 0$, or a schedule.
-        b1: $\\beta_1 \\in [0, 1]$, the weight of the momentum in the step.
-        b2: $\\beta_2 \\in [0, 1]$, the decay of the momentum.
-        mu_dtype: storage dtype of the momentum $m$; None keeps the param's dtype.
-        weight_decay: $\\lambda \\ge 0$, a schedule, or None.
-        mask: which leaves to decay (tree of bools or function of the params).
-        pack: packed execution: None (automatic), True or False; see `chain`.
-
-    Returns:
-        A `GradientTransformation`.
-
-    Example:
-        ```python
-        import jax
-        import jax.numpy as jnp
-        import gradchain as gc
-
-        loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
-        params = {"w": jnp.zeros(3)}
-        tx = gc.lion(learning_rate=0.01, weight_decay=None)
-        state = tx.init(params)
-        for _ in range(50):
-            updates, state = tx.update(jax.grad(loss)(params), state, params)
-            params = gc.apply_updates(params, updates)
-        assert jnp.allclose(params["w"], 0.5, atol=1e-5)  # 50 steps of exactly 0.01 towards 1
-        ```
-
-    References:
-        Chen, Liang, Huang, Real, Wang, Pham, Dong, Luong, Hsieh, Lu & Le, *Symbolic Discovery of
-        Optimization Algorithms*, NeurIPS 2023.
-    """
-    return recipe(
-        scale_by_lion(b1, b2, mu_dtype),
-        None if weight_decay is None else add_decayed_weights(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
-        pack=pack,
-    )
 
 
 def adafactor(
@@ -204,3 +138,48 @@ def adafactor(
         scale(-1.0),
         pack=pack,
     )
+
+
+def sm3(learning_rate: ScalarOrSchedule, momentum: Scalar = 0.9, *, pack: bool | None = None) -> GradientTransformation:
+    """SM3: AdaGrad with one accumulator per row, column, ... of each leaf, and momentum.
+
+    With $\\tilde g_t$ the scaling of `scale_by_sm3` ($\\beta_2 = 1$, $\\epsilon = 10^{-8}$):
+
+    $$ m_t = \\beta m_{t-1} + (1-\\beta)\\, \\tilde g_t, \\qquad p_t = p_{t-1} - \\eta_t m_t $$
+
+    Recipe, as `optax.sm3`: `scale_by_sm3(b1=momentum)` → `scale_by_learning_rate(learning_rate)`
+    (optax: `scale(-learning_rate)`, so no schedules there). For other $\\beta_2$ or $\\epsilon$,
+    chain the two ingredients. State: the momentum (params-sized) and, for a matrix of shape
+    $(m, n)$, $m + n$ accumulators. PyTorch has no SM3.
+
+    Args:
+        learning_rate: $\\eta \\ge 0$, or a schedule.
+        momentum: $\\beta \\in [0, 1)$ (hyperparameter `b1`).
+        pack: packed execution: None (automatic), True or False; see `chain`.
+
+    Returns:
+        A `GradientTransformation`.
+
+    Example:
+        ```python
+        import jax
+        import jax.numpy as jnp
+        from gradchain import apply_updates
+        import gradchain as gc
+
+        loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
+        params = {"w": jnp.zeros((3, 4))}
+        tx = gc.sm3(learning_rate=0.5)
+        state = tx.init(params)
+        assert [m.shape for m in state[0].mu["w"]] == [(3,), (4,)]
+        for _ in range(200):
+            updates, state = tx.update(jax.grad(loss)(params), state, params)
+            params = apply_updates(params, updates)
+        assert jnp.allclose(params["w"], 2.0, atol=0.05)
+        ```
+
+    References:
+        Anil, Gupta, Koren & Singer, *Memory-Efficient Adaptive Optimization*, NeurIPS 2019.
+    """
+    check("sm3: momentum", momentum, Check.UNIT_INTERVAL)
+    return recipe(scale_by_sm3(b1=momentum), scale_by_learning_rate(learning_rate), pack=pack)

@@ -1,28 +1,24 @@
-"""Layer-wise and memory-light optimizers: LARS, LAMB, Fromage (trust ratios), SM3 (a cover of accumulators).
+"""Layer-wise optimizers: LARS, LAMB, Fromage (trust ratios).
 
-Each is a `chain` of public ingredients (from `gradchain.transforms.layerwise` and the classic
-ones), with the conventions of `gradchain.optimizers.classic`: an optional part whose argument is
-`None` is left out of the chain; any value, `0.0` included, puts it in, and its hyperparameter can
-then be changed between steps with `set_hyperparams`. Arguments, order and defaults are optax's.
+Each is a `chain` of public ingredients, with the conventions of `gradchain.optimizers.recipe`: an
+optional part whose argument is left as `None` is left out of the chain (no state, no work); any
+value, `0.0` included, puts it in, and its hyperparameter can then be changed between steps with
+`set_hyperparams`. Arguments, order and defaults are optax's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax
-
-from gradchain._base import GradientTransformation
+from gradchain._base import GradientTransformation, ScalarOrSchedule
 from gradchain._checks import Check, check
-from gradchain.optimizers.classic import recipe
-from gradchain.transforms.adaptive import scale_by_adam
-from gradchain.transforms.layerwise import scale_by_fromage_step, scale_by_sm3, scale_by_trust_ratio
+from gradchain.optimizers.recipe import Scalar, recipe
+from gradchain.transforms.adam import scale_by_adam
 from gradchain.transforms.momentum import trace
-from gradchain.transforms.scaling import ScalarOrSchedule, scale_by_learning_rate
+from gradchain.transforms.scaling import scale_by_learning_rate
+from gradchain.transforms.trust_ratio import scale_by_fromage_step, scale_by_trust_ratio
 from gradchain.transforms.weight_decay import add_decayed_weights
 from gradchain.wrappers.partition import masked
-
-Scalar = float | jax.Array
 
 
 def lars(
@@ -232,48 +228,3 @@ def fromage(
         of learning*, NeurIPS 2020.
     """
     return recipe(scale_by_trust_ratio(min_norm), scale_by_fromage_step(learning_rate), pack=pack)
-
-
-def sm3(learning_rate: ScalarOrSchedule, momentum: Scalar = 0.9, *, pack: bool | None = None) -> GradientTransformation:
-    """SM3: AdaGrad with one accumulator per row, column, ... of each leaf, and momentum.
-
-    With $\\tilde g_t$ the scaling of `scale_by_sm3` ($\\beta_2 = 1$, $\\epsilon = 10^{-8}$):
-
-    $$ m_t = \\beta m_{t-1} + (1-\\beta)\\, \\tilde g_t, \\qquad p_t = p_{t-1} - \\eta_t m_t $$
-
-    Recipe, as `optax.sm3`: `scale_by_sm3(b1=momentum)` → `scale_by_learning_rate(learning_rate)`
-    (optax: `scale(-learning_rate)`, so no schedules there). For other $\\beta_2$ or $\\epsilon$,
-    chain the two ingredients. State: the momentum (params-sized) and, for a matrix of shape
-    $(m, n)$, $m + n$ accumulators. PyTorch has no SM3.
-
-    Args:
-        learning_rate: $\\eta \\ge 0$, or a schedule.
-        momentum: $\\beta \\in [0, 1)$ (hyperparameter `b1`).
-        pack: packed execution: None (automatic), True or False; see `chain`.
-
-    Returns:
-        A `GradientTransformation`.
-
-    Example:
-        ```python
-        import jax
-        import jax.numpy as jnp
-        from gradchain import apply_updates
-        import gradchain as gc
-
-        loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
-        params = {"w": jnp.zeros((3, 4))}
-        tx = gc.sm3(learning_rate=0.5)
-        state = tx.init(params)
-        assert [m.shape for m in state[0].mu["w"]] == [(3,), (4,)]
-        for _ in range(200):
-            updates, state = tx.update(jax.grad(loss)(params), state, params)
-            params = apply_updates(params, updates)
-        assert jnp.allclose(params["w"], 2.0, atol=0.05)
-        ```
-
-    References:
-        Anil, Gupta, Koren & Singer, *Memory-Efficient Adaptive Optimization*, NeurIPS 2019.
-    """
-    check("sm3: momentum", momentum, Check.UNIT_INTERVAL)
-    return recipe(scale_by_sm3(b1=momentum), scale_by_learning_rate(learning_rate), pack=pack)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 from jax.typing import DTypeLike
 
-from gradchain._base import GradientTransformation
+from gradchain._base import GradientTransformation, ScalarOrSchedule
 from gradchain._checks import Check, check
-from gradchain.optimizers.classic import recipe
-from gradchain.transforms.adam_variants import (
+from gradchain.optimizers.recipe import Scalar, recipe
+from gradchain.transforms.adam_family import (
     scale_by_adan,
     scale_by_belief,
     scale_by_novograd,
@@ -24,10 +23,8 @@ from gradchain.transforms.adam_variants import (
     scale_by_yogi,
 )
 from gradchain.transforms.momentum import trace
-from gradchain.transforms.scaling import ScalarOrSchedule, scale_by_learning_rate
+from gradchain.transforms.scaling import scale_by_learning_rate
 from gradchain.transforms.weight_decay import add_decayed_weights, add_l2_regularization
-
-Scalar = float | jax.Array
 
 
 def adabelief(

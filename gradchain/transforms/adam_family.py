@@ -23,7 +23,7 @@ from gradchain._checks import Check, check, check_leaf_dtypes, check_state_dtype
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 from gradchain._lift import Slot, elementwise
 from gradchain._numerics import compute_dtype, one_minus_pow, real_dtype, safe_increment
-from gradchain.transforms.adaptive import ScaleByAdamState, adam_spec, first_moment_hat
+from gradchain.transforms.adam import ScaleByAdamState, adam_spec, first_moment_hat
 from gradchain.tree import abs_sq
 
 # ---------------------------------------------------------------------------------------------------

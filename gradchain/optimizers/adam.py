@@ -1,237 +1,25 @@
-"""The textbook optimizers: SGD (momentum, Nesterov), AdaGrad, RMSProp, the Adam family.
+"""Adam and its direct variants: Adam, AdamW, NAdam, NAdamW, AMSGrad, AdaMax, AdaMaxW, optimistic Adam.
 
-Each is a `chain` of public ingredients. Coupled L2 decay (PyTorch's `weight_decay` in SGD, Adam,
-Adagrad, RMSprop, Adamax) is `add_l2_regularization` at the head of the chain; decoupled decay (the
-`*w` optimizers) is `add_decayed_weights` between the adaptive scaling and the learning rate.
-
-Optional parts follow one rule: an argument left as `None` leaves its ingredient out of the chain
-(no state, no work); any value, `0.0` included, puts it in, and its hyperparameter can then be
-changed between steps with `set_hyperparams`.
+Each is a `chain` of public ingredients, with the conventions of `gradchain.optimizers.recipe`: an
+optional part whose argument is left as `None` is left out of the chain (no state, no work); any
+value, `0.0` included, puts it in, and its hyperparameter can then be changed between steps with
+`set_hyperparams`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax
 from jax.typing import DTypeLike
 
-from gradchain import schedules
-from gradchain._base import GradientTransformation
+from gradchain._base import GradientTransformation, ScalarOrSchedule
 from gradchain._checks import Check, check
 from gradchain._combine import chain
-from gradchain.transforms.adaptive import (
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_amsgrad,
-    scale_by_nadam,
-    scale_by_rms,
-    scale_by_rss,
-)
-from gradchain.transforms.momentum import trace
-from gradchain.transforms.scaling import ScalarOrSchedule, scale_by_learning_rate
-from gradchain.transforms.weight_decay import add_decayed_weights, add_l2_regularization
-
-Scalar = float | jax.Array
-
-
-def recipe(*parts: GradientTransformation | None, pack: bool | None) -> GradientTransformation:
-    return chain(*(p for p in parts if p is not None), pack=pack)
-
-
-def _l2(weight_decay: ScalarOrSchedule | None) -> GradientTransformation | None:
-    return None if weight_decay is None else add_l2_regularization(weight_decay)
-
-
-def sgd(
-    learning_rate: ScalarOrSchedule,
-    momentum: Scalar | None = None,
-    nesterov: bool = False,
-    *,
-    dampening: Scalar = 0.0,
-    weight_decay: ScalarOrSchedule | None = None,
-    accumulator_dtype: DTypeLike | None = None,
-    pack: bool | None = None,
-) -> GradientTransformation:
-    """Stochastic gradient descent, optionally with (Nesterov) momentum and coupled weight decay.
-
-    $$ g_t \\leftarrow g_t + \\lambda p_{t-1}, \\quad v_t = \\beta v_{t-1} + (1-\\tau) g_t
-       \\;(v_1 = g_1), \\quad p_t = p_{t-1} - \\eta_t\\, (v_t \\text{ or } g_t + \\beta v_t) $$
-
-    Recipe: `add_l2_regularization(weight_decay)` → `trace(momentum, nesterov, dampening)` →
-    `scale_by_learning_rate(learning_rate)`. Without momentum, $p_t = p_{t-1} - \\eta_t g_t$.
-    `torch.optim.SGD(lr, momentum, dampening, weight_decay, nesterov)` is
-    `sgd(lr, momentum, nesterov, dampening=dampening, weight_decay=weight_decay)`, step for step.
-
-    Args:
-        learning_rate: $\\eta \\ge 0$, or a schedule.
-        momentum: $\\beta \\in [0, 1)$, or None for plain SGD.
-        nesterov: Nesterov momentum (needs `momentum`).
-        dampening: PyTorch's dampening $\\tau$ (needs `momentum`).
-        weight_decay: coupled L2 coefficient $\\lambda$, or None.
-        accumulator_dtype: storage dtype of the momentum buffer.
-        pack: packed execution: None (automatic), True or False; see `chain`.
-
-    Returns:
-        A `GradientTransformation`.
-
-    Example:
-        ```python
-        import jax
-        import jax.numpy as jnp
-        import gradchain as gc
-
-        loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
-        params = {"w": jnp.zeros(2)}
-        tx = gc.sgd(learning_rate=0.1, momentum=0.9)
-        state = tx.init(params)
-        for _ in range(200):
-            updates, state = tx.update(jax.grad(loss)(params), state, params)
-            params = gc.apply_updates(params, updates)
-        assert jnp.allclose(params["w"], 3.0, atol=1e-3)
-        ```
-
-    References:
-        Robbins & Monro, *A Stochastic Approximation Method*, 1951; Polyak 1964; Sutskever et al. 2013.
-    """
-    if momentum is None and (nesterov or dampening != 0.0):
-        raise ValueError("sgd: nesterov and dampening need a momentum value; got momentum=None")
-    # Checked here too so the message names the optimizer's argument, not trace's `decay`.
-    if momentum is not None:
-        check("sgd: momentum", momentum, Check.UNIT_INTERVAL)
-    return recipe(
-        _l2(weight_decay),
-        None if momentum is None else trace(momentum, nesterov, dampening, accumulator_dtype),
-        scale_by_learning_rate(learning_rate),
-        pack=pack,
-    )
-
-
-def adagrad(
-    learning_rate: ScalarOrSchedule,
-    initial_accumulator_value: float = 0.1,
-    eps: Scalar = 1e-7,
-    *,
-    eps_in_sqrt: bool = True,
-    lr_decay: float | None = None,
-    weight_decay: ScalarOrSchedule | None = None,
-    pack: bool | None = None,
-) -> GradientTransformation:
-    """AdaGrad: per-coordinate steps shrinking with the root of the sum of past squared gradients.
-
-    $$ s_t = s_{t-1} + g_t^2, \\qquad p_t = p_{t-1} - \\eta_t \\frac{g_t}{\\sqrt{s_t + \\epsilon}} $$
-
-    Recipe: `add_l2_regularization` → `scale_by_rss` → `scale_by_learning_rate`. Defaults are
-    optax's. `torch.optim.Adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)` is
-    `adagrad(lr, initial_accumulator_value, eps, eps_in_sqrt=False, lr_decay=lr_decay,
-    weight_decay=weight_decay)`; PyTorch's defaults are `initial_accumulator_value=0.0, eps=1e-10`.
-
-    Args:
-        learning_rate: $\\eta \\ge 0$, or a schedule.
-        initial_accumulator_value: $s_0 \\ge 0$.
-        eps: $\\epsilon \\ge 0$.
-        eps_in_sqrt: $\\epsilon$ inside the root (optax) or outside (PyTorch).
-        lr_decay: PyTorch's `lr_decay` $d$: the rate becomes $\\eta / (1 + d\\, t)$, $t = 0, 1, \\dots$
-            (needs a constant `learning_rate`).
-        weight_decay: coupled L2 coefficient, or None.
-        pack: packed execution: None (automatic), True or False; see `chain`.
-
-    Returns:
-        A `GradientTransformation`.
-
-    Example:
-        ```python
-        import jax.numpy as jnp
-        import gradchain as gc
-
-        tx = gc.adagrad(learning_rate=1.0, initial_accumulator_value=0.0, eps=0.0)
-        u, _ = tx.update({"w": jnp.array([4.0])}, tx.init({"w": jnp.zeros(1)}))
-        assert jnp.allclose(u["w"], -1.0)
-        ```
-
-    References:
-        Duchi, Hazan & Singer, JMLR 2011.
-    """
-    if lr_decay is not None:
-        check("adagrad: lr_decay", lr_decay, Check.NONNEGATIVE)
-        if callable(learning_rate):
-            raise ValueError("adagrad: lr_decay needs a constant learning_rate; fold the decay into the schedule")
-        learning_rate = schedules.inverse_time_decay(learning_rate, lr_decay)
-    return recipe(
-        _l2(weight_decay),
-        scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=eps_in_sqrt),
-        scale_by_learning_rate(learning_rate),
-        pack=pack,
-    )
-
-
-def rmsprop(
-    learning_rate: ScalarOrSchedule,
-    decay: Scalar = 0.9,
-    eps: Scalar = 1e-8,
-    initial_scale: float = 0.0,
-    eps_in_sqrt: bool = True,
-    centered: bool = False,
-    momentum: Scalar | None = None,
-    nesterov: bool = False,
-    bias_correction: bool = False,
-    *,
-    weight_decay: ScalarOrSchedule | None = None,
-    pack: bool | None = None,
-) -> GradientTransformation:
-    """RMSProp: divide by a moving RMS of the gradients, optionally centered and with momentum.
-
-    $$ \\nu_t = \\rho \\nu_{t-1} + (1-\\rho) g_t^2, \\qquad
-       p_t = p_{t-1} - \\eta_t\\, \\mathrm{trace}_\\beta\\Big(\\frac{g_t}{\\sqrt{\\nu_t + \\epsilon}}\\Big) $$
-
-    Recipe: `add_l2_regularization` → `scale_by_rms` → `trace(momentum)` → `scale_by_learning_rate`.
-    Defaults are optax's. `torch.optim.RMSprop(lr, alpha, eps, weight_decay, momentum, centered)` is
-    `rmsprop(lr, decay=alpha, eps=eps, eps_in_sqrt=False, centered=centered, momentum=momentum or
-    None, weight_decay=weight_decay)` (PyTorch's `alpha` defaults to 0.99).
-
-    Args:
-        learning_rate: $\\eta \\ge 0$, or a schedule.
-        decay: $\\rho \\in [0, 1)$.
-        eps: $\\epsilon \\ge 0$.
-        initial_scale: $\\nu_0$.
-        eps_in_sqrt: $\\epsilon$ inside the root (optax) or outside (PyTorch).
-        centered: subtract the squared mean gradient.
-        momentum: momentum applied to the scaled gradient, or None.
-        nesterov: Nesterov momentum (needs `momentum`).
-        bias_correction: debias the moving averages.
-        weight_decay: coupled L2 coefficient, or None.
-        pack: packed execution: None (automatic), True or False; see `chain`.
-
-    Returns:
-        A `GradientTransformation`.
-
-    Example:
-        ```python
-        import jax.numpy as jnp
-        import gradchain as gc
-
-        tx = gc.rmsprop(learning_rate=0.01, momentum=0.9)
-        params = {"w": jnp.ones(3)}
-        updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
-        assert updates["w"].shape == (3,)
-        ```
-
-    References:
-        Tieleman & Hinton, 2012; Graves, 2013.
-    """
-    if momentum is None and nesterov:
-        raise ValueError("rmsprop: nesterov needs a momentum value; got momentum=None")
-    if momentum is not None:
-        check("rmsprop: momentum", momentum, Check.UNIT_INTERVAL)
-    return recipe(
-        _l2(weight_decay),
-        scale_by_rms(
-            decay, eps, initial_scale, eps_in_sqrt=eps_in_sqrt, centered=centered, bias_correction=bias_correction
-        ),
-        None if momentum is None else trace(momentum, nesterov),
-        scale_by_learning_rate(learning_rate),
-        pack=pack,
-    )
+from gradchain.optimizers.recipe import Scalar, optional_l2, recipe
+from gradchain.transforms.adam import scale_by_adam, scale_by_adamax, scale_by_amsgrad, scale_by_nadam
+from gradchain.transforms.optimistic import scale_by_optimistic_gradient
+from gradchain.transforms.scaling import scale, scale_by_learning_rate
+from gradchain.transforms.weight_decay import add_decayed_weights
 
 
 def adam(
@@ -291,7 +79,7 @@ def adam(
         Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
     """
     return recipe(
-        _l2(weight_decay),
+        optional_l2(weight_decay),
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov),
         scale_by_learning_rate(learning_rate),
         pack=pack,
@@ -413,7 +201,7 @@ def nadam(
         Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016.
     """
     return recipe(
-        _l2(weight_decay),
+        optional_l2(weight_decay),
         _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay),
         scale_by_learning_rate(learning_rate),
         pack=pack,
@@ -542,7 +330,7 @@ def amsgrad(
         Reddi, Kale & Kumar, ICLR 2018.
     """
     return recipe(
-        _l2(weight_decay),
+        optional_l2(weight_decay),
         scale_by_amsgrad(
             b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, debias_before_max=debias_before_max
         ),
@@ -593,7 +381,9 @@ def adamax(
     References:
         Kingma & Ba, ICLR 2015, section 7.1.
     """
-    return recipe(_l2(weight_decay), scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate), pack=pack)
+    return recipe(
+        optional_l2(weight_decay), scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate), pack=pack
+    )
 
 
 def adamaxw(
@@ -642,5 +432,81 @@ def adamaxw(
         scale_by_adamax(b1, b2, eps),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
+        pack=pack,
+    )
+
+
+def optimistic_adam(
+    learning_rate: Scalar,
+    optimism: Scalar | None = None,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    eps_root: Scalar = 0.0,
+    mu_dtype: DTypeLike | None = None,
+    *,
+    nesterov: bool = True,
+    pack: bool | None = None,
+) -> GradientTransformation:
+    """Optimistic Adam: optimism applied to Adam's scaled step.
+
+    With $r_t$ the step of `scale_by_adam` ($\\hat m_t / (\\sqrt{\\hat v_t + \\bar\\epsilon} + \\epsilon)$,
+    Nesterov's $\\hat m_t$ by default) and $o$ the optimism:
+
+    $$ p_t = p_{t-1} - \\big(\\eta\\, r_t + o\\,(r_t - r_{t-1})\\big), \\qquad r_0 = r_1 $$
+
+    Recipe: `scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov)` →
+    `scale_by_optimistic_gradient(alpha=learning_rate, beta=optimism)` → `scale(-1.0)`, as
+    `optax.optimistic_adam` (same arguments and defaults; `optimism=None` is the learning rate, as in
+    the paper). The learning rate is therefore the hyperparameter `alpha` of the optimistic
+    ingredient, and takes no schedule (as in optax). optax's `optimistic_adam_v2(lr, alpha=a,
+    beta=b, ...)` is `chain(scale_by_adam(..., nesterov=True), scale_by_optimistic_gradient(a, b),
+    scale_by_learning_rate(lr))`, which does take a schedule.
+
+    Args:
+        learning_rate: $\\eta$, a number.
+        optimism: $o$, a number, or None for $o = \\eta$.
+        b1: $\\beta_1 \\in [0, 1)$.
+        b2: $\\beta_2 \\in [0, 1)$.
+        eps: $\\epsilon \\ge 0$, outside the root.
+        eps_root: $\\bar\\epsilon \\ge 0$, inside the root.
+        mu_dtype: storage dtype of the first moment.
+        nesterov: Nesterov's first moment (optax's default, True).
+        pack: packed execution: None (automatic), True or False; see `chain`.
+
+    Returns:
+        A `GradientTransformation`.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import gradchain as gc
+
+        params = {"x": jnp.array(1.0), "y": jnp.array(2.0)}
+        tx = gc.optimistic_adam(1e-2, 1.0)
+        state = tx.init(params)
+        for _ in range(1025):
+            g = {"x": params["y"], "y": -params["x"]}   # min_x max_y x * y
+            updates, state = tx.update(g, state, params)
+            params = gc.apply_updates(params, updates)
+        assert float(jnp.hypot(params["x"], params["y"])) < 0.01
+        ```
+
+    References:
+        Daskalakis, Ilyas, Syrgkanis & Zeng, *Training GANs with Optimism*, ICLR 2018.
+    """
+    if callable(learning_rate):
+        raise TypeError(
+            "optimistic_adam: learning_rate must be a number (it also sets the default optimism); for a "
+            "schedule, chain scale_by_adam, scale_by_optimistic_gradient and scale_by_learning_rate"
+        )
+    check("optimistic_adam: learning_rate", learning_rate, Check.NONNEGATIVE)
+    if optimism is None:
+        optimism = learning_rate
+    check("optimistic_adam: optimism", optimism, Check.FINITE)
+    return recipe(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        scale_by_optimistic_gradient(alpha=learning_rate, beta=optimism),
+        scale(-1.0),
         pack=pack,
     )
