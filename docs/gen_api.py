@@ -38,11 +38,13 @@ PAGES = {
         "Ready-made recipes: each is a `chain` of public ingredients. The [optimizer table](../optimizers.md) "
         "lists their papers, state sizes and optax and `torch.optim` counterparts.",
         [
-            ("gradchain.optimizers.classic", "Classic"),
-            ("gradchain.optimizers.adam_variants", "Adam variants"),
-            ("gradchain.optimizers.modern", "Lion and Adafactor"),
-            ("gradchain.optimizers.layerwise", "Layer-wise and memory-light"),
-            ("gradchain.optimizers.sgd_variants", "SGD variants"),
+            ("gradchain.optimizers.sgd", "SGD"),
+            ("gradchain.optimizers.rms", "AdaGrad, RMSProp, Adadelta"),
+            ("gradchain.optimizers.adam", "Adam"),
+            ("gradchain.optimizers.adam_family", "Adam's descendants"),
+            ("gradchain.optimizers.sign", "Sign methods"),
+            ("gradchain.optimizers.factored", "Memory-light"),
+            ("gradchain.optimizers.trust_ratio", "Trust ratios"),
             ("gradchain.optimizers.lbfgs", "L-BFGS"),
         ],
     ),
@@ -52,31 +54,38 @@ PAGES = {
         [
             ("gradchain.transforms.scaling", "Scaling"),
             ("gradchain.transforms.momentum", "Momentum"),
-            ("gradchain.transforms.adaptive", "Adaptive scaling"),
-            ("gradchain.transforms.adam_variants", "Adam variants"),
+            ("gradchain.transforms.rms", "Squared-gradient scaling"),
+            ("gradchain.transforms.adam", "Adam"),
+            ("gradchain.transforms.adam_family", "Adam's descendants"),
             ("gradchain.transforms.sign", "Sign"),
             ("gradchain.transforms.factored", "Factored second moments"),
+            ("gradchain.transforms.sm3", "SM3"),
             ("gradchain.transforms.weight_decay", "Weight decay"),
             ("gradchain.transforms.clipping", "Clipping"),
-            ("gradchain.transforms.layerwise", "Layer-wise"),
-            ("gradchain.transforms.sgd_variants", "SGD variants"),
+            ("gradchain.transforms.trust_ratio", "Trust ratios"),
+            ("gradchain.transforms.normalization", "Normalization"),
+            ("gradchain.transforms.asgd", "Averaged SGD"),
+            ("gradchain.transforms.noise", "Gradient noise"),
+            ("gradchain.transforms.optimistic", "Optimism"),
+            ("gradchain.transforms.polyak", "Polyak steps"),
+            ("gradchain.transforms.lbfgs", "L-BFGS direction"),
             ("gradchain.transforms.linesearch", "Line searches"),
-            ("gradchain.transforms.debugging", "Checks"),
+            ("gradchain.transforms.zoom", "Zoom line search"),
+            ("gradchain.transforms.sanitize", "Checks and sanitizing"),
+            ("gradchain.transforms.plateau", "Plateaus"),
         ],
     ),
     "wrappers.md": (
         "Wrappers",
         "Transformations that wrap others: parameter groups, accumulation, surviving bad steps, loss "
-        "scaling, averaging, plateau detection and monitoring.",
+        "scaling, averaging and monitoring.",
         [
             ("gradchain.wrappers.partition", "Parameter groups"),
             ("gradchain._masking", "Masks and labels by path"),
             ("gradchain.wrappers.accumulate", "Gradient accumulation"),
             ("gradchain.wrappers.safety", "Bad steps"),
             ("gradchain.wrappers.loss_scaling", "Loss scaling"),
-            ("gradchain.wrappers.sanitize", "Sanitizing"),
             ("gradchain.wrappers.averaging", "Averaging"),
-            ("gradchain.wrappers.plateau", "Plateaus"),
             ("gradchain.wrappers.monitoring", "Monitoring"),
         ],
     ),
@@ -131,6 +140,8 @@ def pages() -> dict[str, str]:
     public = [_qualified(gc, n) for n in gc.__all__ if n not in {"schedules", "tree"}]
     placed: set[str] = set()
     out = {}
+    # A name on a flat page (gc.schedules.Schedule) is documented there only, not again in its module's section.
+    on_flat_pages = {_qualified(ns, n)[0] for ns in FLAT.values() for n in ns.__all__}
     for page, (title, intro, sections) in PAGES.items():
         lines = [f"# {title}", "", intro, ""]
         if page in FLAT:
@@ -144,7 +155,11 @@ def pages() -> dict[str, str]:
             placed |= set(items)
         else:
             for prefix, heading in sections or [(SINGLE_MODULE[page], None)]:
-                items = [(p, obj) for p, obj in public if p.rsplit(".", 1)[0] == prefix and not _is_state(obj)]
+                items = [
+                    (p, obj)
+                    for p, obj in public
+                    if p.rsplit(".", 1)[0] == prefix and not _is_state(obj) and p not in on_flat_pages
+                ]
                 items.sort(key=lambda item: _line(item[1]))
                 if not items:
                     raise SystemExit(f"gen_api: no public names in {prefix} for {page}")

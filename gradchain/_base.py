@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias, Union
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +24,24 @@ Updates = PyTree
 OptState = PyTree
 Schedule: TypeAlias = Callable[[jax.typing.ArrayLike], jax.Array]
 """A function from a step count (int or float, scalar or array) to a float array of the same shape."""
-ScalarOrSchedule: TypeAlias = float | jax.Array | Schedule
-"""A hyperparameter's value: a number, or a `Schedule` of the step count."""
+# typing.Union rather than `|`: a `|` union of these types cannot carry the docstring below.
+ScalarOrSchedule: TypeAlias = Union[float, jax.Array, Schedule]  # noqa: UP007
+ScalarOrSchedule.__doc__ = """A hyperparameter's value: a number, or a `Schedule` of the step count.
+
+A schedule is called with the ingredient's step count at each update; the value in effect is kept
+in the state, where `hyperparams` reads it.
+
+Example:
+    ```python
+    import jax.numpy as jnp
+    import gradchain as gc
+
+    constant = gc.sgd(0.1)
+    decayed = gc.sgd(gc.schedules.exponential_decay(0.1, 100, 0.5))
+    params = {"w": jnp.ones(3)}
+    assert constant.init(params) is not None and decayed.init(params) is not None
+    ```
+"""
 
 
 class InitFn(Protocol):

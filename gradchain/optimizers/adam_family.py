@@ -1,7 +1,7 @@
 """Adam's descendants as recipes: AdaBelief, Yogi, RAdam, Adan, NovoGrad.
 
-Each is a `chain` of public ingredients (`gradchain.transforms.adam_variants` and the weight-decay,
-momentum and learning-rate ingredients), with the conventions of `gradchain.optimizers.classic`:
+Each is a `chain` of public ingredients (`gradchain.transforms.adam_family` and the weight-decay,
+momentum and learning-rate ingredients), with the conventions of `gradchain.optimizers.recipe`:
 an optional part whose argument is `None` is left out of the chain; any value, `0.0` included, puts
 it in, and its hyperparameter can then be changed between steps with `set_hyperparams`.
 """

@@ -156,7 +156,7 @@ def scale_by_rprop(
     from $\\Delta_0$ = `learning_rate`. After a sign change the coordinate does not move and its
     gradient is forgotten, so the next step only grows or keeps its size (Igel & Hüsken's iRprop-,
     the variant of PyTorch and optax). The update points *up* the gradient, as optax's: follow it
-    with `scale(-1.0)` (see `gradchain.optimizers.sgd_variants.rprop`).
+    with `scale(-1.0)` (see `gradchain.optimizers.sign.rprop`).
 
     The state keeps only the sign of $\\tilde g$ (int8, 1 byte per parameter; PyTorch keeps the
     gradient and optax the last update, which it returns one step late: its first update is 0) and
