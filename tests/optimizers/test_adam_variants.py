@@ -28,7 +28,7 @@ import pytest
 from reference import assert_stacked_close, assert_trees_equal, optimizer_data, scan_trajectories, stored
 
 import gradchain as gc
-from gradchain.transforms import adam_variants as tr
+from gradchain.transforms import adam_family as tr
 
 STEPS = 240
 PARAMS64, GRADS64 = optimizer_data(seed=5, steps=STEPS)
