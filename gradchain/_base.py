@@ -100,6 +100,17 @@ class EmptyState(NamedTuple):
     """
 
 
+def accepted_keywords(fn: Callable) -> frozenset[str] | None:
+    """The names `fn` accepts as keyword arguments, or None when it takes any (`**kwargs`).
+
+    Raises TypeError or ValueError (from `inspect.signature`) when `fn` has no signature to read.
+    """
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return frozenset(n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
 def with_extra_args_support(tx: Any) -> GradientTransformation:
     """The extension contract: a transformation whose `update` accepts any extra keyword arguments.
 
@@ -139,12 +150,11 @@ def with_extra_args_support(tx: Any) -> GradientTransformation:
     """
     check_transformation("with_extra_args_support: tx", tx)
     try:
-        parameters = inspect.signature(tx.update).parameters
+        named = accepted_keywords(tx.update)
     except (TypeError, ValueError):  # builtins and some C callables have no signature to read
         return tx
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    if named is None:
         return tx
-    named = frozenset(n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
     inner_update = tx.update
 
     def update(updates, state, params=None, **extra_args):

@@ -22,7 +22,6 @@ it; the others are ignored, as everywhere in a gradchain chain (optax raises on 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from gradchain import tree as tree_util
-from gradchain._base import GradientTransformation, OptState, Params, Updates
+from gradchain._base import GradientTransformation, OptState, Params, Updates, accepted_keywords
 from gradchain._checks import Check, check_int, check_leaf_dtypes
 from gradchain._hyperparams import Hyperparams, HyperparamSpec
 
@@ -70,12 +69,12 @@ def nan_to_inf(x: jax.Array) -> jax.Array:
 def value_fn_kwargs(value_fn: Callable, extra_args: dict[str, Any]) -> dict[str, Any]:
     """The extra args that `value_fn` takes: all with `**kwargs`, else those its signature names."""
     try:
-        parameters = inspect.signature(value_fn).parameters
+        named = accepted_keywords(value_fn)
     except (TypeError, ValueError):
         return {}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    if named is None:
         return dict(extra_args)
-    return {k: v for k, v in extra_args.items() if k in parameters}
+    return {k: v for k, v in extra_args.items() if k in named}
 
 
 def check_linesearch_args(owner: str, params: Any, value: Any, grad: Any, value_fn: Any) -> None:
