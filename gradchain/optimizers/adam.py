@@ -67,12 +67,12 @@ def adam(
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(3)}
-        tx = gc.adam(learning_rate=0.05)
+        tx = gc.adam(learning_rate=0.2)
         state = tx.init(params)
-        for _ in range(300):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
-        assert jnp.allclose(params["w"], 1.0, atol=1e-2)
+        assert loss(params) < 3e-2  # from 3.0: 100x lower in 50 steps
         ```
 
     References:
@@ -483,13 +483,13 @@ def optimistic_adam(
         import gradchain as gc
 
         params = {"x": jnp.array(1.0), "y": jnp.array(2.0)}
-        tx = gc.optimistic_adam(1e-2, 1.0)
+        tx = gc.optimistic_adam(0.2, 3.0)
         state = tx.init(params)
-        for _ in range(1025):
+        for _ in range(50):
             g = {"x": params["y"], "y": -params["x"]}   # min_x max_y x * y
             updates, state = tx.update(g, state, params)
             params = gc.apply_updates(params, updates)
-        assert float(jnp.hypot(params["x"], params["y"])) < 0.01
+        assert float(jnp.hypot(params["x"], params["y"])) < 0.1  # from sqrt(5): 20x closer to (0, 0)
         ```
 
     References:

@@ -81,10 +81,10 @@ def adabelief(
         params = {"w": jnp.zeros(3)}
         tx = gc.adabelief(learning_rate=0.1)
         state, step = tx.init(params), jax.jit(tx.update)
-        for _ in range(200):
+        for _ in range(50):
             updates, state = step(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
-        assert loss(params) < 1e-3
+        assert loss(params) < 3e-2  # from 3.0: 100x lower in 50 steps
         ```
 
     References:
@@ -146,12 +146,12 @@ def yogi(
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(3)}
-        tx = gc.yogi(learning_rate=0.1)
+        tx = gc.yogi(learning_rate=0.2)
         state, step = tx.init(params), jax.jit(tx.update)
-        for _ in range(300):
+        for _ in range(50):
             updates, state = step(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
-        assert loss(params) < 1e-3
+        assert loss(params) < 3e-2  # from 3.0: 100x lower in 50 steps
         ```
 
     References:
@@ -231,9 +231,9 @@ def radam(
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(3)}
-        tx = gc.radam(learning_rate=0.1)
+        tx = gc.radam(learning_rate=0.15)
         state, step = tx.init(params), jax.jit(tx.update)
-        for _ in range(200):
+        for _ in range(50):
             updates, state = step(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
         assert loss(params) < 1e-3
@@ -319,12 +319,12 @@ def adan(
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
         params = {"w": jnp.zeros(3)}
-        tx = gc.adan(learning_rate=0.1)
+        tx = gc.adan(learning_rate=0.2)
         state, step = tx.init(params), jax.jit(tx.update)
-        for _ in range(300):
+        for _ in range(50):
             updates, state = step(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
-        assert loss(params) < 1e-2  # from 3.0; b1 = 0.98 is heavy momentum
+        assert loss(params) < 0.3  # from 3.0; b1 = 0.98 is heavy momentum, still settling
         ```
 
     References:
@@ -393,10 +393,10 @@ def novograd(
         params = {"w": jnp.zeros(3)}
         tx = gc.novograd(learning_rate=0.05)
         state, step = tx.init(params), jax.jit(tx.update)
-        for _ in range(300):
+        for _ in range(50):
             updates, state = step(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
-        assert loss(params) < 1e-3
+        assert loss(params) < 1e-2  # from 3.0
         assert state[0].nu["w"].shape == ()  # one second moment per leaf
         ```
 

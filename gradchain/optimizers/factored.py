@@ -101,11 +101,11 @@ def adafactor(
         import gradchain as gc
 
         loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2) + jnp.sum((p["b"] + 1.0) ** 2)
-        params = {"w": jnp.full((3, 4), 0.5), "b": jnp.zeros(3)}
-        tx = gc.adafactor(learning_rate=0.05, min_dim_size_to_factor=2)
+        params = {"w": jnp.full((3, 4), 0.5), "b": jnp.full(3, -0.5)}
+        tx = gc.adafactor(learning_rate=0.1, min_dim_size_to_factor=2)
         state = tx.init(params)
         assert state[0].v_row["w"].shape == (3,) and state[0].v_col["w"].shape == (4,)  # factored
-        for _ in range(300):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
         assert jnp.allclose(params["w"], 1.0, atol=0.05) and jnp.allclose(params["b"], -1.0, atol=0.05)
@@ -169,13 +169,13 @@ def sm3(learning_rate: ScalarOrSchedule, momentum: Scalar = 0.9, *, pack: bool |
 
         loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
         params = {"w": jnp.zeros((3, 4))}
-        tx = gc.sm3(learning_rate=0.5)
+        tx = gc.sm3(learning_rate=1.0, momentum=0.5)
         state = tx.init(params)
         assert [m.shape for m in state[0].mu["w"]] == [(3,), (4,)]
-        for _ in range(200):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = apply_updates(params, updates)
-        assert jnp.allclose(params["w"], 2.0, atol=0.05)
+        assert jnp.allclose(params["w"], 2.0, atol=1e-3)
         ```
 
     References:

@@ -193,10 +193,10 @@ def adadelta(
         params = {"w": jnp.zeros(3)}
         tx = gc.adadelta()
         state = tx.init(params)
-        for _ in range(100):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
-        assert 0.0 < float(params["w"][0]) < 1.0  # slowly moving towards 1
+        assert 0.1 < float(params["w"][0]) < 1.0  # slowly moving towards 1
         ```
 
     References:

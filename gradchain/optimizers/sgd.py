@@ -64,9 +64,9 @@ def sgd(
 
         loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
         params = {"w": jnp.zeros(2)}
-        tx = gc.sgd(learning_rate=0.1, momentum=0.9)
+        tx = gc.sgd(learning_rate=0.1, momentum=0.5)
         state = tx.init(params)
-        for _ in range(200):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
         assert jnp.allclose(params["w"], 3.0, atol=1e-3)
@@ -127,9 +127,9 @@ def asgd(
 
         loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
         params = {"w": jnp.zeros(2)}
-        tx = gc.asgd(learning_rate=0.1, t0=50.0)
+        tx = gc.asgd(learning_rate=0.2, t0=10.0)
         state = tx.init(params)
-        for _ in range(200):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
         assert jnp.allclose(gc.asgd_averaged_params(state)["w"], 2.0, atol=1e-3)
@@ -184,7 +184,7 @@ def noisy_sgd(
         params = {"w": jnp.zeros(4)}
         tx = gc.noisy_sgd(0.1, eta=0.01, key=42)
         state = tx.init(params)
-        for _ in range(200):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
         assert jnp.allclose(params["w"], 1.0, atol=0.05)
@@ -229,9 +229,9 @@ def optimistic_gradient_descent(
 
         # min_x max_y x * y: descent on x, ascent on y (negated gradient); the saddle is (0, 0).
         params = {"x": jnp.array(1.0), "y": jnp.array(1.0)}
-        tx = gc.optimistic_gradient_descent(0.3)
+        tx = gc.optimistic_gradient_descent(0.5)
         state = tx.init(params)
-        for _ in range(300):
+        for _ in range(50):
             g = {"x": params["y"], "y": -params["x"]}
             updates, state = tx.update(g, state, params)
             params = gc.apply_updates(params, updates)

@@ -65,7 +65,7 @@ def rprop(
         params = {"w": jnp.zeros(2)}
         tx = gc.rprop(learning_rate=0.1)
         state = tx.init(params)
-        for _ in range(100):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = gc.apply_updates(params, updates)
         assert jnp.allclose(params["w"], 3.0, atol=1e-3)

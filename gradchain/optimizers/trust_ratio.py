@@ -77,12 +77,12 @@ def lars(
         loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
         params = {"w": jnp.ones(4)}
         # Every step moves by about lr * 0.001 * |p|: a decaying rate lets it settle.
-        tx = gc.lars(learning_rate=schedules.cosine_decay_schedule(5.0, 200), momentum=0.9)
+        tx = gc.lars(learning_rate=schedules.cosine_decay_schedule(20.0, 50), momentum=0.9)
         state = tx.init(params)
-        for _ in range(200):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = apply_updates(params, updates)
-        assert jnp.allclose(params["w"], 2.0, atol=1e-2)
+        assert jnp.allclose(params["w"], 2.0, atol=0.05)
         ```
 
     References:
@@ -160,9 +160,9 @@ def lamb(
 
         loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
         params = {"w": jnp.ones(4)}
-        tx = gc.lamb(learning_rate=0.02)
+        tx = gc.lamb(learning_rate=0.02, b1=0.5)
         state = tx.init(params)
-        for _ in range(300):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = apply_updates(params, updates)
         assert jnp.allclose(params["w"], 2.0, atol=0.05)
@@ -215,12 +215,12 @@ def fromage(
 
         loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
         params = {"w": jnp.full(4, 1.0)}
-        tx = gc.fromage(learning_rate=0.01)
+        tx = gc.fromage(learning_rate=0.02)
         state = tx.init(params)
-        for _ in range(100):
+        for _ in range(50):
             updates, state = tx.update(jax.grad(loss)(params), state, params)
             params = apply_updates(params, updates)
-        assert loss(params) < 0.1 * loss({"w": jnp.full(4, 1.0)})
+        assert loss(params) < 0.01 * loss({"w": jnp.full(4, 1.0)})
         ```
 
     References:
