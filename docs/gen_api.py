@@ -22,7 +22,7 @@ API = pathlib.Path(__file__).resolve().parent / "api"
 PAGES = {
     "core.md": (
         "Core",
-        "The protocol, chains, hyperparameters held in the state, and packed execution.",
+        "The protocol, chains and their compact states, hyperparameters held in the state, and packed execution.",
         [
             ("gradchain._base", "Transformations"),
             ("gradchain._combine", "Chains"),

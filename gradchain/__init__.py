@@ -29,6 +29,7 @@ from gradchain._base import (
 )
 from gradchain._checks import Check
 from gradchain._combine import chain, named_chain
+from gradchain._compact import ChainState, NamedChainState
 from gradchain._hyperparams import Hyperparams, HyperparamSpec, hyperparams, set_hyperparams
 from gradchain._lift import Slot, elementwise
 from gradchain._masking import labels_by_path, mask_by_path
@@ -203,6 +204,8 @@ __all__ = [
     "ScalarOrSchedule",
     "chain",
     "named_chain",
+    "ChainState",
+    "NamedChainState",
     "identity",
     "stateless",
     "with_extra_args_support",

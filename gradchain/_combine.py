@@ -7,21 +7,27 @@ buffers for the element-wise ingredients that allow it (`_packing.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gradchain import _packing as packing
 from gradchain._base import GradientTransformation, with_extra_args_support
 from gradchain._checks import check_leaf_dtypes, check_transformation
+from gradchain._compact import ChainState, NamedChainState
 from gradchain._masking import resolve_mask
 
 __all__ = ["PackedRunner", "chain", "named_chain"]
 
 
 def chain(*transforms: GradientTransformation, pack: bool | None = None) -> GradientTransformation:
-    """Apply transformations one after another; the state is the tuple of their states.
+    """Apply transformations one after another; the state holds their states, in order.
 
     $$ u = f_n(\\dots f_2(f_1(g))) $$
+
+    The state is a `ChainState`: it reads like optax's tuple of states (`state[0].mu`,
+    `state[1].count`, unpacking, `len`), and as a pytree it keeps every scalar of the chain (step
+    counts, hyperparameters, a recorded norm; nested chains included) in one float array, so a
+    jitted step passes one scalar buffer per chain instead of one per scalar (see `ChainState`).
 
     Packed execution: element-wise ingredients (momentum, RMS and Adam-family moments, weight
     decay, scaling, value clipping) and global-norm clipping run over a few contiguous buffers of
@@ -40,7 +46,7 @@ def chain(*transforms: GradientTransformation, pack: bool | None = None) -> Grad
             chain with no per-leaf state never packs.
 
     Returns:
-        A `GradientTransformation` whose state is a tuple with one entry per transformation.
+        A `GradientTransformation` whose state is a `ChainState` with one entry per transformation.
 
     Example:
         ```python
@@ -66,16 +72,18 @@ def chain(*transforms: GradientTransformation, pack: bool | None = None) -> Grad
     runner = PackedRunner("chain", transforms, pack)
 
     def init(params):
-        return tuple(runner.init(params))
+        return ChainState(runner.init(params))
 
     def update(updates, state, params=None, **extra_args):
-        if not isinstance(state, tuple) or len(state) != len(transforms):
+        # A plain tuple of the transformations' states (built by hand, or by an older version) is accepted too.
+        if not isinstance(state, ChainState | tuple) or len(state) != len(transforms):
+            length = len(state) if isinstance(state, ChainState | tuple) else "?"
             raise ValueError(
-                f"chain: expected a state tuple of {len(transforms)} entries (one per transform), "
-                f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else '?'}"
+                f"chain: expected a state of {len(transforms)} entries (one per transform), "
+                f"got {type(state).__name__} of length {length}"
             )
         updates, new_state = runner.update(updates, list(state), params, extra_args)
-        return updates, tuple(new_state)
+        return updates, ChainState(new_state)
 
     return GradientTransformation(init, runner.mark(update))
 
@@ -200,7 +208,7 @@ class PackedRunner:
 
 
 def named_chain(*transforms: tuple[str, GradientTransformation], pack: bool | None = None) -> GradientTransformation:
-    """Like `chain`, but the state is a dict keyed by the names given.
+    """Like `chain`, but the state is a mapping keyed by the names given (a `NamedChainState`).
 
     Names also qualify hyperparameter keys where they repeat (`"adam/eps"`), see `hyperparams`.
 
@@ -209,7 +217,8 @@ def named_chain(*transforms: tuple[str, GradientTransformation], pack: bool | No
         pack: packed execution, as in `chain`.
 
     Returns:
-        A `GradientTransformation` whose state is a dict `name -> state`.
+        A `GradientTransformation` whose state is a `NamedChainState`, a mapping `name -> state` in
+        the order given, its scalars in one array as in `chain`.
 
     Example:
         ```python
@@ -233,14 +242,14 @@ def named_chain(*transforms: tuple[str, GradientTransformation], pack: bool | No
     runner = PackedRunner("named_chain", tuple(tx for _, tx in transforms), pack)
 
     def init(params):
-        return dict(zip(names, runner.init(params), strict=True))
+        return NamedChainState(dict(zip(names, runner.init(params), strict=True)))
 
     def update(updates, state, params=None, **extra_args):
-        # Compared as sets: jax rebuilds dicts with sorted keys, so a jitted state comes back reordered.
-        if not isinstance(state, dict) or set(state) != set(names):
-            got = list(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"named_chain: expected a state dict with keys {names}, got {got}")
+        # Compared as sets: a plain dict (accepted too) comes back from jax with its keys sorted.
+        if not isinstance(state, Mapping) or set(state) != set(names):
+            got = list(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"named_chain: expected a state with keys {names}, got {got}")
         updates, new_states = runner.update(updates, [state[name] for name in names], params, extra_args)
-        return updates, dict(zip(names, new_states, strict=True))
+        return updates, NamedChainState(dict(zip(names, new_states, strict=True)))
 
     return GradientTransformation(init, runner.mark(update))

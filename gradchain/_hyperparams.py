@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from gradchain import _checks
 from gradchain import tree as tree_util
 from gradchain._checks import Check
+from gradchain._compact import restore_from_view, to_view
 from gradchain._numerics import float_dtype
 
 
@@ -93,6 +94,16 @@ class Hyperparams(Mapping[str, jax.Array]):
     def replace(self, **values: Any) -> Hyperparams:
         """A copy with some values replaced (no checks; see `set_hyperparams` for the checked way)."""
         return Hyperparams({**self._values, **values}, self._checks, self._scheduled, self._owner)
+
+    def tree_flatten(self):
+        # Without keys: what jit and tree maps use, cheaper than building the keys.
+        keys = tuple(self._values)
+        return tuple(self._values[k] for k in keys), (
+            keys,
+            tuple(sorted(self._checks.items())),
+            self._scheduled,
+            self._owner,
+        )
 
     def tree_flatten_with_keys(self):
         keys = tuple(self._values)
@@ -169,7 +180,8 @@ def _is_hyperparams(x: Any) -> bool:
 
 def _nodes(state: Any) -> list[tuple[tuple, Hyperparams]]:
     """(path, node) for every Hyperparams node in `state`, the path ending at the node's container."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_hyperparams)
+    # Compact chain states hold their hyperparameters in one array: walk their transformations' states.
+    flat, _ = jax.tree_util.tree_flatten_with_path(to_view(state), is_leaf=_is_hyperparams)
     # The node sits in a state field called `hyperparams`; that last key says nothing.
     return [(path[:-1], node) for path, node in flat if isinstance(node, Hyperparams)]
 
@@ -350,4 +362,5 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
             new[name] = jax.tree.map(lambda leaf, value=value: _like(value, leaf), node[name])
         return node.replace(**new)
 
-    return jax.tree_util.tree_map(replace, state, is_leaf=_is_hyperparams)
+    view = to_view(state)
+    return restore_from_view(state, jax.tree_util.tree_map(replace, view, is_leaf=_is_hyperparams))

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradchain import tree as tree_util
+from gradchain._compact import is_concrete, put_like
 
 PyTree = Any
 
@@ -217,37 +218,23 @@ def make_layout(
 HOST_MIN_PIECES = 64
 
 
-def _is_concrete(x: Any) -> bool:
-    """A materialised array (not a tracer, not a `ShapeDtypeStruct`) whose data can be read."""
-    return isinstance(x, np.ndarray | np.generic) or (
-        isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_fully_addressable
-    )
-
-
-def _put_like(values: Any, like: Any) -> Any:
-    """Host arrays (a pytree) placed where `like` is: on its devices if committed there, else unplaced."""
-    if isinstance(like, jax.Array) and like.committed:
-        return jax.device_put(values, like.sharding)
-    return jax.device_put(values)
-
-
 def _concat(parts: list[Any]) -> Any:
     if any(isinstance(x, jax.ShapeDtypeStruct) for x in parts):
         size = sum(math.prod(x.shape) for x in parts)
         return jax.ShapeDtypeStruct((size,), parts[0].dtype, sharding=getattr(parts[0], "sharding", None))
-    if len(parts) >= HOST_MIN_PIECES and all(_is_concrete(x) for x in parts):
+    if len(parts) >= HOST_MIN_PIECES and all(is_concrete(x) for x in parts):
         host = jax.device_get(parts)
-        return _put_like(np.concatenate([np.ravel(x) for x in host]), parts[0])
+        return put_like(np.concatenate([np.ravel(x) for x in host]), parts[0])
     return jnp.concatenate([jnp.ravel(x) for x in parts])
 
 
 def _split(buffer: Any, sizes: list[int], shapes: list[tuple[int, ...]]) -> list[Any]:
     if isinstance(buffer, jax.ShapeDtypeStruct):
         return [jax.ShapeDtypeStruct(s, buffer.dtype, sharding=buffer.sharding) for s in shapes]
-    if len(sizes) >= HOST_MIN_PIECES and _is_concrete(buffer):
+    if len(sizes) >= HOST_MIN_PIECES and is_concrete(buffer):
         host = np.asarray(jax.device_get(buffer))
         pieces = np.split(host, np.cumsum(sizes)[:-1])
-        return _put_like([x.reshape(s) for x, s in zip(pieces, shapes, strict=True)], buffer)
+        return put_like([x.reshape(s) for x, s in zip(pieces, shapes, strict=True)], buffer)
     return [x.reshape(s) for x, s in zip(jax.lax.split(buffer, sizes), shapes, strict=True)]
 
 

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from gradchain._compact import from_view, to_view
+
 PyTree = Any
 
 __all__ = [
@@ -272,8 +274,9 @@ def find_nodes(tree: PyTree, types: type | tuple[type, ...]) -> list[Any]:
         assert adam_state.mu["w"].shape == (2,)
         ```
     """
-    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, types))
-    return [node for node in leaves if isinstance(node, types)]
+    # A chain's state keeps its scalars in one array: search its transformations' states.
+    leaves = jax.tree_util.tree_leaves(to_view(tree), is_leaf=lambda x: isinstance(x, types))
+    return [from_view(node) for node in leaves if isinstance(node, types)]
 
 
 def tree_get(tree: PyTree, name: str, default: Any = None) -> Any:
@@ -316,8 +319,8 @@ def tree_get(tree: PyTree, name: str, default: Any = None) -> Any:
         for item in items:
             visit(item)
 
-    visit(tree)
-    return found[0] if found else default
+    visit(to_view(tree))  # a chain's state shown as its transformations' states
+    return from_view(found[0]) if found else default
 
 
 def check_same_structure(expected: PyTree, actual: PyTree, *, expected_name: str, actual_name: str, where: str) -> None:

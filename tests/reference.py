@@ -74,6 +74,7 @@ __all__ = [
     "TREE_SCALES",
     "TREE_SHAPES",
     "Harmonic",
+    "RefRun",
     "Trajectory",
     "abs_sq",
     "assert_hyperparams",
@@ -94,6 +95,8 @@ __all__ = [
     "standard_grads",
     "state_buffers",
     "stored",
+    "value_at",
+    "with_l2",
     "x64_enabled",
 ]
 
@@ -422,14 +425,14 @@ def scan_trajectories(txs: Sequence[Any], params: PyTree, grads: PyTree) -> list
 def state_buffers(state: Any) -> Iterator[tuple[str, str, Any]]:
     """(field, param path, leaf) for every per-parameter buffer (`BUFFER_FIELDS`) in `state`.
 
-    Walks the NamedTuple states of an ingredient or of a chain (tuples of them).
+    Walks the NamedTuple states of an ingredient or of a chain (a `ChainState` or tuple of them).
     """
     if isinstance(state, tuple) and hasattr(state, "_fields"):
         for field in BUFFER_FIELDS:
             if field in state._fields:
                 for path, leaf in jax.tree_util.tree_flatten_with_path(getattr(state, field))[0]:
                     yield field, gc.tree.path_str(path), leaf
-    elif isinstance(state, tuple):
+    elif isinstance(state, tuple | gc.ChainState):
         for s in state:
             yield from state_buffers(s)
 
@@ -452,6 +455,31 @@ def abs_sq(g: np.ndarray) -> np.ndarray:
 
 def _at(value: float | Schedule, step: int) -> float:
     return float(value(step)) if callable(value) else float(value)
+
+
+def value_at(x: Any, step: int) -> float:
+    """A hyperparameter's value at the 0-based step `step` (as a schedule sees it), in float64.
+
+    A schedule carrying its own numpy twin as `np_fn` (the optimizer tests' `Sched`) is read from that;
+    any other callable is called.
+    """
+    np_fn = getattr(x, "np_fn", None)
+    if np_fn is not None:
+        return np_fn(step)
+    if callable(x):
+        return float(x(step))
+    return float(x)
+
+
+def with_l2(g: np.ndarray, p: np.ndarray, weight_decay: Any, t: int) -> np.ndarray:
+    """The gradient with coupled (L2) weight decay $g + \\lambda_{t-1} p$ added (`None`: no decay), 1-based t."""
+    return g if weight_decay is None else g + value_at(weight_decay, t - 1) * p
+
+
+class RefRun(list):
+    """The per-step updates of one leaf (a list), and the final state of the reference as `.state`."""
+
+    state: dict[str, np.ndarray]
 
 
 def reference_tree(

@@ -305,9 +305,8 @@ def test_new_learning_rate_changes_the_trajectory_as_a_fresh_optimizer_would():
 
     # A fresh optimizer built with lr=0.03, carrying the old state with only the lr replaced.
     fresh = gc.sgd(0.03, momentum=0.9)
-    fresh_state = (
-        state[0],
-        state[1]._replace(hyperparams=state[1].hyperparams.replace(learning_rate=jnp.float32(0.03))),
+    fresh_state = gc.ChainState(
+        (state[0], state[1]._replace(hyperparams=state[1].hyperparams.replace(learning_rate=jnp.float32(0.03))))
     )
     assert_trees_equal(fresh_state, state_new)
     p_fresh = p

@@ -252,6 +252,8 @@ def set_count(state: Any, count: int) -> Any:
         if "count" in state._fields:
             return state._replace(count=jnp.asarray(count, state.count.dtype))
         return state
+    if isinstance(state, gc.ChainState):
+        return gc.ChainState([set_count(s, count) for s in state])
     if isinstance(state, tuple):
         return tuple(set_count(s, count) for s in state)
     if isinstance(state, dict):
@@ -263,7 +265,7 @@ def counts(state: Any) -> list[int]:
     """The `count` of every NamedTuple in `state` that has one."""
     if isinstance(state, tuple) and hasattr(state, "_fields"):
         return [int(state.count)] if "count" in state._fields else []
-    if isinstance(state, tuple):
+    if isinstance(state, tuple | gc.ChainState):
         return [c for s in state for c in counts(s)]
     return []
 

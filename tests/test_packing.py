@@ -135,7 +135,9 @@ def test_packed_equals_unpacked_bit_for_bit(name):
     for u, u_ref in zip(updates, updates_ref, strict=True):
         assert_trees_equal(u, u_ref)
     assert_trees_equal(params, params_ref)
-    assert_trees_equal(gc.unpack(state), state_ref)
+    # The transformations' states: a 0-d param's moments sit in the chain's scalar block unpacked,
+    # in a buffer packed, so the chain states' own pytrees differ there.
+    assert_trees_equal(tuple(gc.unpack(state)), tuple(state_ref))
     if name != "sgd":  # a chain without per-leaf state has nothing to pack
         assert _packed_nodes(state)
 
@@ -145,7 +147,7 @@ def test_packed_equals_unpacked_under_jit(name):
     params, state, _ = runs(name, True)
     params_ref, state_ref, _ = runs(name, False)
     assert_trees_close(params, params_ref, rtol=1e-6)
-    assert_trees_close(gc.unpack(state), state_ref, rtol=1e-6)
+    assert_trees_close(tuple(gc.unpack(state)), tuple(state_ref), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw_masked", "sgd_momentum"])
@@ -153,7 +155,7 @@ def test_automatic_packing_equals_unpacked(name):
     params, state, _ = runs(name, None)
     params_ref, state_ref, _ = runs(name, False)
     assert_trees_close(params, params_ref, rtol=1e-6)
-    assert_trees_close(gc.unpack(state), state_ref, rtol=1e-6)
+    assert_trees_close(tuple(gc.unpack(state)), tuple(state_ref), rtol=1e-6)
 
 
 def test_global_norm_clipping_packed_matches_to_rounding():

@@ -15,6 +15,7 @@ from gradchain import _packing as packing
 from gradchain import tree as tree_util
 from gradchain._base import GradientTransformation, OptState, with_extra_args_support
 from gradchain._checks import check_transformation
+from gradchain._compact import to_view
 from gradchain._hyperparams import hyperparams
 from gradchain._numerics import float_dtype, safe_increment
 from gradchain.tree import path_str
@@ -156,7 +157,7 @@ def _is_monitor_state(x: Any) -> bool:
 def _find(state: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], MonitorState]]:
     """Every `MonitorState` in `state`, nested ones included, with its path."""
     found = []
-    flat = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_monitor_state)[0]
+    flat = jax.tree_util.tree_flatten_with_path(to_view(state), is_leaf=_is_monitor_state)[0]
     for path, node in flat:
         if isinstance(node, MonitorState):
             where = prefix + tree_util.path_parts(path)

@@ -217,6 +217,11 @@ class PartitionState(Mapping[str, Any]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.inner_states = state["inner_states"]
 
+    def tree_flatten(self):
+        # Without keys: what jit and tree maps use, cheaper than building the keys.
+        labels = tuple(self.inner_states)
+        return tuple(self.inner_states[k] for k in labels), labels
+
     def tree_flatten_with_keys(self):
         labels = tuple(self.inner_states)
         return [(jax.tree_util.DictKey(k), self.inner_states[k]) for k in labels], labels

@@ -209,7 +209,8 @@ def test_named_chain_state_survives_a_jit_round_trip_with_names_out_of_sorted_or
     tx = gc.named_chain(("clip", gc.clip_by_global_norm(1.0)), ("adam", gc.adam(1e-3)))
     params = {"w": jnp.ones(3)}
     state = jax.tree.map(lambda x: x, tx.init(params))  # what any pytree round trip gives back
-    assert list(state) == ["adam", "clip"]
+    assert list(state) == ["clip", "adam"]  # kept in order now (a plain dict came back sorted)
+    state = dict(sorted(state.items()))  # a plain dict, as an older checkpoint holds it, still works
     updates, _ = tx.update({"w": jnp.full(3, 2.0)}, state, params)
     assert updates["w"].shape == (3,)
 

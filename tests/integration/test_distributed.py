@@ -367,6 +367,10 @@ def _state_shardings_from_params(abstract_state: Any, param_shardings: PyTree, m
     def visit(node: Any) -> Any:
         if jax.tree.structure(node) == params_def:
             return param_shardings
+        if isinstance(node, gc.ChainState):
+            # Its children: the buffers, inside their states' skeletons, and the block of scalars.
+            children, treedef = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
+            return treedef.unflatten([replicated if c is node.scalar_block else visit(c) for c in children])
         if isinstance(node, tuple) and hasattr(node, "_fields"):
             return type(node)(*(visit(getattr(node, f)) for f in node._fields))
         if isinstance(node, tuple):
