@@ -105,25 +105,46 @@ def _bitcast(xp: Any, x: Any, dtype: np.dtype) -> Any:
     return x.view(dtype) if xp is np else jax.lax.bitcast_convert_type(x, dtype)
 
 
-def _to_slots(xp: Any, x: Any, dtype: np.dtype, block: np.dtype) -> list[Any]:
-    if dtype == np.bool_ or jnp.issubdtype(dtype, jnp.floating):
-        return [x.astype(block)]
+def _group(dtype: np.dtype) -> str:
+    """Scalars are encoded in groups: "value" (floats, bools and integers of up to 16 bits, one
+    entry each, by value), or one group per wider integer dtype (16-bit pieces, piece-major)."""
+    if _slots(dtype) == 1:
+        return "value"
+    return dtype.name
+
+
+def _encode_group(xp: Any, group: str, members: list[Any], block: np.dtype) -> list[Any]:
+    """The block entries of one group, as 1-D arrays, from its members' values (0-d each)."""
+    if group == "value":
+        out = []
+        for x in members:
+            dtype = jnp.dtype(x.dtype)
+            if jnp.issubdtype(dtype, jnp.integer) and dtype.kind == "i":
+                x = _bitcast(xp, x, jnp.dtype(f"uint{8 * dtype.itemsize}"))
+            out.append(x.astype(block))
+        return [xp.stack(out)]
+    dtype = jnp.dtype(group)
     unsigned = jnp.dtype(f"uint{8 * dtype.itemsize}")
-    u = x if dtype == unsigned else _bitcast(xp, x, unsigned)
+    u = xp.stack(members)
+    u = u if dtype == unsigned else _bitcast(xp, u, unsigned)
     n = _slots(dtype)
-    if n == 1:
-        return [u.astype(block)]
     return [((u >> (16 * (n - 1 - k))) & 0xFFFF).astype(block) for k in range(n)]
 
 
-def _from_slots(xp: Any, slots: list[Any], dtype: np.dtype) -> Any:
+def _decode_value(x: Any, dtype: np.dtype, xp: Any) -> Any:
     if dtype == np.bool_:
-        return slots[0] != 0
-    if jnp.issubdtype(dtype, jnp.floating):
-        return slots[0].astype(dtype)
+        return x != 0
+    if jnp.issubdtype(dtype, jnp.floating) or dtype.kind == "u":
+        return x.astype(dtype)
+    return _bitcast(xp, x.astype(jnp.dtype(f"uint{8 * dtype.itemsize}")), dtype)
+
+
+def _decode_group(xp: Any, group: str, pieces: list[Any]) -> Any:
+    """A wide integer group's values (1-D, or with leading axes) from its pieces."""
+    dtype = jnp.dtype(group)
     unsigned = jnp.dtype(f"uint{8 * dtype.itemsize}")
-    u = slots[0].astype(unsigned)
-    for piece in slots[1:]:
+    u = pieces[0].astype(unsigned)
+    for piece in pieces[1:]:
         u = (u << 16) | piece.astype(unsigned)
     return u if dtype == unsigned else _bitcast(xp, u, dtype)
 
@@ -132,18 +153,27 @@ class _Layout:
     """The static part of a compact state: where each scalar of each transformation's state lives.
 
     `plans[i]` says how to rebuild transformation i's state from what stayed a leaf and the
-    scalars (see `_plan`); `specs` holds one `(dtype name, offset, entries)` per scalar, in order,
-    and `dtype` is the block's (float32, or float64 when a scalar is).
+    scalars (see `_plan`); `specs` holds one `(dtype name, group, index in the group)` per scalar,
+    in order; `groups` the `(group, members, first entry)` of each group (see `_group`), in block
+    order; `dtype` is the block's (float32, or float64 when a scalar is).
     """
 
-    __slots__ = ("_hash", "dtype", "keys", "plans", "size", "specs")
+    __slots__ = ("_hash", "dtype", "groups", "keys", "plans", "size", "specs")
 
     def __init__(self, keys, plans, specs, dtype):
         self.keys = keys
         self.plans = plans
         self.specs = specs
         self.dtype = dtype
-        self.size = sum(n for _, _, n in specs)
+        counts: dict[str, int] = {}
+        for _, group, _ in specs:
+            counts[group] = counts.get(group, 0) + 1
+        groups, start = [], 0
+        for group in sorted(counts, key=lambda g: (g != "value", g)):
+            groups.append((group, counts[group], start))
+            start += counts[group] * (1 if group == "value" else _slots(jnp.dtype(group)))
+        self.groups = tuple(groups)
+        self.size = start
         self._hash = hash((keys, plans, specs, dtype))
 
     def __hash__(self) -> int:
@@ -335,11 +365,11 @@ def _encode(links: Sequence[Any], keys: tuple[str, ...] | None) -> tuple[tuple[A
         skeletons.append(skeleton)
         plans.append(plan)
     dtypes = [_scalar_dtype(value) for value in values]
-    specs, offset = [], 0
+    specs, seen = [], {}
     for dtype in dtypes:
-        n = _slots(dtype)
-        specs.append((dtype.name, offset, n))
-        offset += n
+        group = _group(dtype)
+        specs.append((dtype.name, group, seen.get(group, 0)))
+        seen[group] = seen.get(group, 0) + 1
     layout = _Layout(keys, tuple(plans), tuple(specs), _block_dtype(dtypes).name)
     children = tuple(skeletons)
     if values:
@@ -354,13 +384,14 @@ def _pack_block(values: list[Any], layout: _Layout) -> Any:
         return jax.ShapeDtypeStruct((layout.size,), block, sharding=None if sharding is None else _replicated(sharding))
     concrete = all(is_concrete(v) for v in values)
     xp = np if concrete else jnp
-    host = jax.device_get(values) if concrete else [jnp.asarray(v) for v in values]
-    parts = []
-    for v, (dtype, _, _) in zip(host, layout.specs, strict=True):
-        parts.extend(_to_slots(xp, xp.asarray(v), jnp.dtype(dtype), block))
-    if concrete:
-        return put_like(np.stack(parts), values[0])
-    return jnp.stack(parts)
+    like = values[0]
+    values = [np.asarray(v) for v in jax.device_get(values)] if concrete else [jnp.asarray(v) for v in values]
+    members: dict[str, list[Any]] = {}
+    for v, (dtype, group, _) in zip(values, layout.specs, strict=True):
+        members.setdefault(group, []).append(v.astype(dtype))
+    parts = [part for group, _, _ in layout.groups for part in _encode_group(xp, group, members[group], block)]
+    out = xp.concatenate(parts) if len(parts) > 1 else parts[0]
+    return put_like(out, like) if concrete else out
 
 
 def _plain(x: Any) -> Any:
@@ -384,10 +415,19 @@ def _unpack_block(block: Any, layout: _Layout) -> list[Any]:
     concrete = is_concrete(block)
     xp = np if concrete else jnp
     entries = np.asarray(jax.device_get(block)) if concrete else block
-    out = [
-        _from_slots(xp, [entries[..., k] for k in range(offset, offset + n)], dtype)
-        for dtype, (_, offset, n) in zip(dtypes, layout.specs, strict=True)
-    ]
+    decoded = {}
+    for group, count, start in layout.groups:
+        if group == "value":
+            decoded[group] = (entries, start)
+        else:
+            n = _slots(jnp.dtype(group))
+            pieces = [entries[..., start + k * count : start + (k + 1) * count] for k in range(n)]
+            decoded[group] = (_decode_group(xp, group, pieces), 0)
+    out = []
+    for dtype, (_, group, index) in zip(dtypes, layout.specs, strict=True):
+        source, start = decoded[group]
+        x = source[..., start + index]
+        out.append(_decode_value(x, dtype, xp) if group == "value" else x)
     return put_like([np.asarray(x) for x in out], block) if concrete else out
 
 
