@@ -27,8 +27,12 @@ Five groups of helpers:
   the per-array formulas, as the papers (and gradchain's docstrings) state them. Each maps the list of
   gradients of ONE leaf (one array per step) to the list of updates (float64, or complex128 for complex input), except
   `ref_clip_by_global_norm`, which maps a list of gradient TREES to a list of update trees because the
-  norm couples the leaves. `reference_tree(ref_fn, grads_seq, ...)` applies a per-leaf reference to
-  every leaf of a tree sequence. Complex gradients use $|g|^2 = g \\bar g$ throughout.
+  norm couples the leaves. The whole-optimizer references (`ref_<name>_optimizer`, `references/adam_family.py`,
+  the `*_params` recipes) and `references/schedules.py` say what they return in their docstrings.
+  `reference_tree(ref_fn, grads_seq, ...)` applies a per-leaf reference to every leaf of a tree
+  sequence. Complex gradients use $|g|^2 = g \\bar g$ throughout. The references share `abs_sq`,
+  `l2_norm`, `value_at` (a hyperparameter or schedule at a step), `with_l2` (coupled decay) and
+  `RefRun` (per-step updates with the final state as `.state`).
 - **Comparing.** `assert_trajectory_close(actual, expected, rtol)` compares leaf by leaf and step by
   step, measuring the error relative to the leaf's largest magnitude (over the trajectory, or at
   each step with `per_step=True`). `assert_stacked_close` does the same for stacked trajectories
@@ -79,21 +83,27 @@ __all__ = [
     "abs_sq",
     "assert_hyperparams",
     "assert_leaf_close",
+    "assert_state_close",
     "assert_stacked_close",
     "assert_trajectory_close",
     "assert_trees_close",
     "assert_trees_equal",
     "cached_runs",
     "grad_sequence",
+    "l2_norm",
     "leaf_series",
+    "leafwise",
     "max_relative_error",
     "optimizer_data",
     "param_tree",
+    "ref_updates",
     "reference_tree",
     "run_transform",
     "scan_trajectories",
+    "side_by_side",
     "standard_grads",
     "state_buffers",
+    "stack_trees",
     "stored",
     "value_at",
     "with_l2",
@@ -108,7 +118,7 @@ TREE_SHAPES: dict[str, tuple[int, ...]] = {"a": (), "b": (7,), "c": (3, 5), "d":
 # between leaves.
 TREE_SCALES: dict[str, float] = {"a": 1.0, "b": 1e-3, "c": 10.0, "d": 0.1}
 
-# The ingredient tests (tests/test_transforms_*.py) compare N_STEPS steps with the float64 reference,
+# The ingredient tests (tests/transforms/test_*.py) compare N_STEPS steps with the float64 reference,
 # to RTOL in float32 and RTOL64 with x64 enabled, relative to the leaf's largest magnitude (over the
 # run, or at each step with `per_step=True`).
 N_STEPS = 100
@@ -117,7 +127,7 @@ RTOL64 = 1e-12
 # Step counts are int32 and saturate here instead of wrapping around.
 INT32_MAX = int(np.iinfo(np.int32).max)
 
-# The optimizer tests' tree (tests/test_optimizers*.py): a dense layer, a conv kernel and a scalar,
+# The optimizer tests' tree (tests/optimizers/test_*.py): a dense layer, a conv kernel and a scalar,
 # with gradients of different scales per leaf (see `optimizer_data`).
 OPTIMIZER_TREE_SHAPES: dict[str, Any] = {"dense": {"w": (5, 3), "b": (3,)}, "conv": (2, 2, 3), "scale": ()}
 OPTIMIZER_GRAD_SCALES: dict[str, Any] = {"dense": {"w": 1.0, "b": 0.1}, "conv": 3.0, "scale": 0.5}
@@ -453,6 +463,11 @@ def abs_sq(g: np.ndarray) -> np.ndarray:
     return (g * np.conj(g)).real if np.iscomplexobj(g) else g * g
 
 
+def l2_norm(x: Any) -> float:
+    """$\\|x\\|_2 = \\sqrt{\\sum |x|^2}$ of one array, in float64."""
+    return float(np.sqrt(np.sum(abs_sq(_wide(x)))))
+
+
 def _at(value: float | Schedule, step: int) -> float:
     return float(value(step)) if callable(value) else float(value)
 
@@ -654,3 +669,50 @@ def max_relative_error(actual: Sequence[PyTree], expected: Sequence[PyTree], *, 
             scale = max(_magnitude(e), 1e-30) if per_step else leaf_scale
             worst = max(worst, _magnitude(_to_wide(a) - e) / scale)
     return worst
+
+
+# ----------------------------------------------------------------------------------------------
+# Running whole tables of cases, and per-leaf `RefRun` references (tests/transforms/test_sign.py,
+# test_factored.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def stack_trees(trees: list[Any], dtype: Any = None) -> Any:
+    """A list of trees as one tree with a leading step axis (what `scan_trajectories` takes)."""
+    return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs), dtype), *trees)
+
+
+def leafwise(ref_fn: Callable[..., RefRun], grads_seq: list[Any], *args: Any, **kwargs: Any) -> dict[str, RefRun]:
+    """`{leaf path: ref_fn(that leaf's gradients, ...)}` over a sequence of gradient trees."""
+    return {path: ref_fn(series, *args, **kwargs) for path, series in leaf_series(grads_seq).items()}
+
+
+def ref_updates(runs: dict[str, RefRun], like: Any) -> list[Any]:
+    """The per-step update trees (shaped like `like`) of per-leaf reference runs."""
+    treedef = jax.tree.structure(like)
+    paths = list(leaf_series([like]))
+    return [treedef.unflatten([runs[path][k] for path in paths]) for k in range(len(next(iter(runs.values()))))]
+
+
+def assert_state_close(state: Any, runs: dict[str, RefRun], rtol: float) -> None:
+    """Each per-leaf buffer the reference keeps (`mu`, `v_row`, `v_col`, `v`) matches the state's."""
+    for path, run in runs.items():
+        for field, expected in run.state.items():
+            actual = leaf_series([getattr(state, field)])[path][0]
+            assert_leaf_close([actual], [expected], rtol, where=f"{field} {path}")
+
+
+def side_by_side(txs: list[Any]) -> gc.GradientTransformation:
+    """Several transformations fed the same gradients; updates and states are tuples, one entry each.
+
+    A whole table of cases then runs as one transformation: one compiled scan instead of one per case.
+    """
+
+    def init(params):
+        return tuple(tx.init(params) for tx in txs)
+
+    def update(updates, state, params=None, **extra_args):
+        outs = [tx.update(updates, s, params) for tx, s in zip(txs, state, strict=True)]
+        return tuple(u for u, _ in outs), tuple(s for _, s in outs)
+
+    return gc.GradientTransformation(init, update)

@@ -8,7 +8,7 @@
     size $2/(L+\\mu)$ contracts by exactly $(\\kappa-1)/(\\kappa+1)$ per step, above $2/L$ it diverges,
     and heavy-ball momentum needs about $\\sqrt\\kappa$ times fewer steps.
 
-Convergence alone proves little about an optimizer's formula (tests/test_optimizers.py checks that);
+Convergence alone proves little about an optimizer's formula (tests/optimizers/test_optimizers.py checks that);
 this file checks that the recipes work end to end, in jitted loops, in float32.
 """
 
@@ -38,7 +38,7 @@ def decaying(lr: float) -> Callable:
 
 # (id, builder: learning rate -> optimizer, learning rate for least squares, for the quadratic)
 # Decoupled decay moves the minimum away from the least-squares one, so the `*w` optimizers run with
-# weight_decay=0 here (their decay is checked in tests/test_optimizers.py).
+# weight_decay=0 here (their decay is checked in tests/optimizers/test_optimizers.py).
 CASES: list[tuple[str, Callable[[Any], gc.GradientTransformation], Any, Any]] = [
     ("sgd", lambda lr: gc.sgd(lr), 0.5, 0.015),
     ("sgd-momentum", lambda lr: gc.sgd(lr, 0.9), 0.1, 0.01),

@@ -3,7 +3,7 @@
 torch runs in float64 (`foreach=False`, gradients set by hand on `p.grad`), gradchain in float32 and,
 with `jax_enable_x64`, in float64, on the same fixed sequence of pseudo-random gradients (independent
 of the params), and the parameter trajectories are compared at every step, leaf by leaf. Each row of
-docs/torch_migration.md is one of these tests (or one of tests/test_schedules.py's `test_matches_torch`).
+docs/torch_migration.md is one of these tests (or one of tests/schedules/test_schedules.py's `test_matches_torch`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ STEPS = 120
 RTOL64 = 1e-10
 
 # The tree of reference.py's OPTIMIZER_TREE_SHAPES: float64 params and STEPS stacked gradient trees
-# (another seed than tests/test_optimizers.py's), for torch and, cast, for gradchain.
+# (another seed than tests/optimizers/test_optimizers.py's), for torch and, cast, for gradchain.
 PARAMS64, GRADS64 = optimizer_data(seed=1, steps=STEPS)
 
 

@@ -4,7 +4,8 @@ Each optimizer runs `STEPS` steps on reference.py's optimizer tree (a dense laye
 scalar; gradient scales 0.1 to 3, a few exact zeros), fed a fixed pseudo-random gradient sequence that
 does not depend on the params, and its whole param trajectory is compared leaf by leaf with
 
-(a) a float64 numpy transcription of the paper's update (in the conventions the docstrings state),
+(a) a float64 numpy transcription of the paper's update (in the conventions the docstrings state;
+    tests/references/adam_family.py),
 (b) optax's optimizer of the same name with the same arguments, and
 (c) for RAdam, torch.optim.RAdam (float32 and float64, coupled and decoupled weight decay).
 
@@ -25,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from reference import assert_stacked_close, assert_trees_equal, optimizer_data, scan_trajectories, stored
+from reference import assert_stacked_close, assert_trees_equal, optimizer_data, scan_trajectories
+from references.adam_family import ref_adabelief, ref_adan, ref_novograd, ref_radam, ref_yogi
 
 import gradchain as gc
 from gradchain.transforms import adam_family as tr
@@ -40,7 +42,7 @@ GRADS32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), GRADS64)
 # largest |p| (measured: at most 1.3e-6). A wrong constant, eps placement or step count is >1e-4.
 RTOL32 = 3e-6
 # optax computes 1 - b**t in float32 (b2 = 0.999 rounded: nu_hat off by ~1e-5 relative at t = 2,
-# see tests/test_optimizers.py) and RAdam's rho_t with cancellation (~1e-4 near t = 6; see
+# see tests/optimizers/test_optimizers.py) and RAdam's rho_t with cancellation (~1e-4 near t = 6; see
 # `_sma_length`): its float32 trajectory is further from the float64 one than ours. The other four
 # agree with optax within 1.9e-6 (measured); RAdam's rows quote their measured worst case.
 OPTAX_RTOL = RTOL32
@@ -48,138 +50,8 @@ RTOL64 = 1e-11
 
 
 # ---------------------------------------------------------------------------------------------------
-# float64 numpy references, one leaf at a time: init(p) -> state, step(g, p, state, t) -> (p, state)
-
-
-def _abs_sq(x):
-    return (x * np.conj(x)).real
-
-
-def _m_hat(g, m, b1, t, nesterov):
-    if nesterov:
-        return b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
-    return m / (1 - b1**t)
-
-
-def ref_adabelief(lr, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, *, nesterov=False, weight_decay=None, centered=True):
-    b1, b2 = stored(b1), stored(b2)
-
-    def init(p):
-        return np.zeros_like(p), np.zeros(p.shape)
-
-    def step(g, p, s, t):
-        m, v = s
-        m = b1 * m + (1 - b1) * g
-        # Zhuang et al. 2020, Algorithm 2 (centered=False: Adam's second moment, for a near miss).
-        v = b2 * v + (1 - b2) * _abs_sq(g - m if centered else g) + eps_root
-        u = _m_hat(g, m, b1, t, nesterov) / (np.sqrt(v / (1 - b2**t)) + eps)
-        if weight_decay is not None:
-            u = u + weight_decay * p
-        return p - lr * u, (m, v)
-
-    return init, step
-
-
-def ref_yogi(lr, b1=0.9, b2=0.999, eps=1e-3, *, eps_root=0.0, initial_accumulator_value=1e-6):
-    b1, b2 = stored(b1), stored(b2)
-
-    def init(p):
-        return np.full_like(p, initial_accumulator_value), np.full(p.shape, initial_accumulator_value)
-
-    def step(g, p, s, t):
-        m, v = s
-        m = b1 * m + (1 - b1) * g
-        g2 = _abs_sq(g)
-        v = v - (1 - b2) * np.sign(v - g2) * g2  # Zaheer et al. 2018, Algorithm 2
-        u = m / (1 - b1**t) / (np.sqrt(v / (1 - b2**t) + eps_root) + eps)
-        return p - lr * u, (m, v)
-
-    return init, step
-
-
-def ref_radam(
-    lr,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    threshold=5.0,
-    *,
-    nesterov=False,
-    weight_decay=None,
-    decoupled_weight_decay=False,
-    eps_before_bias_correction=False,
-    round_betas=True,
-):
-    if round_betas:
-        b1, b2 = stored(b1), stored(b2)
-
-    def init(p):
-        return np.zeros_like(p), np.zeros(p.shape)
-
-    def step(g, p, s, t):
-        m, v = s
-        if weight_decay is not None and not decoupled_weight_decay:
-            g = g + weight_decay * p
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * _abs_sq(g)
-        m_hat = _m_hat(g, m, b1, t, nesterov)
-        # Liu et al. 2020, Algorithm 2: rho_t, and r_t once rho_t passes the threshold.
-        rho_inf = 2 / (1 - b2) - 1
-        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
-        if rho >= threshold:
-            r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-            if eps_before_bias_correction:
-                denom = (np.sqrt(v + eps_root) + eps) / np.sqrt(1 - b2**t)
-            else:
-                denom = np.sqrt(v / (1 - b2**t) + eps_root) + eps
-            u = r * m_hat / denom
-        else:
-            u = m_hat
-        if weight_decay is not None and decoupled_weight_decay:
-            u = u + weight_decay * p
-        return p - lr * u, (m, v)
-
-    return init, step
-
-
-def ref_adan(lr, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8, weight_decay=0.0):
-    b1, b2, b3 = stored(b1), stored(b2), stored(b3)
-
-    def init(p):
-        return np.zeros_like(p), np.zeros_like(p), np.zeros(p.shape), np.zeros_like(p)
-
-    def step(g, p, s, t):
-        m, v, n, prev = s
-        diff = np.zeros_like(g) if t == 1 else g - prev
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * diff
-        n = b3 * n + (1 - b3) * _abs_sq(g + (1 - b2) * diff)  # Xie et al. 2022, Algorithm 1
-        u = (m / (1 - b1**t) + (1 - b2) * v / (1 - b2**t)) / (np.sqrt(n / (1 - b3**t) + eps_root) + eps)
-        if weight_decay is not None:
-            u = u + weight_decay * p
-        return p - lr * u, (m, v, n, g)
-
-    return init, step
-
-
-def ref_novograd(lr, b1=0.9, b2=0.25, eps=1e-6, eps_root=0.0, weight_decay=0.0):
-    b1, b2 = stored(b1), stored(b2)
-
-    def init(p):
-        return np.zeros_like(p), 0.0
-
-    def step(g, p, s, t):
-        m, v = s
-        norm2 = float(np.sum(_abs_sq(g)))  # one second moment per layer (leaf)
-        v = norm2 if t == 1 else b2 * v + (1 - b2) * norm2  # Ginsburg et al. 2019, Algorithm 1
-        u = g / (np.sqrt(v + eps_root) + eps)
-        if weight_decay is not None:
-            u = u + weight_decay * p
-        m = b1 * m + u
-        return p - lr * m, (m, v)
-
-    return init, step
+# Running the float64 numpy references (tests/references/adam_family.py), one leaf at a time:
+# init(p) -> state, step(g, p, state, t) -> (p, state)
 
 
 def reference_trajectory(ref: tuple[Callable, Callable], params=PARAMS64, grads=GRADS64) -> Any:

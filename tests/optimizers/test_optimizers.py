@@ -4,8 +4,8 @@ Each optimizer runs for `STEPS` steps on a pytree of four leaves of different sh
 pseudo-random sequence of gradients that does not depend on the params (so rounding differences are
 not amplified by the dynamics), and its whole parameter trajectory is compared, leaf by leaf, with
 
-(a) a float64 numpy transcription of the optimizer's update rule, written here from the papers
-    (learning rate and weight decay included), and
+(a) a float64 numpy transcription of the optimizer's update rule, written from the papers
+    (learning rate and weight decay included; tests/references/momentum.py, rms.py, adam.py), and
 (b) optax's optimizer of the same name with the same arguments (or the optax chain that means the
     same thing where gradchain has an argument optax lacks).
 
@@ -28,6 +28,17 @@ import numpy as np
 import optax
 import pytest
 from reference import RTOL32, assert_stacked_close, assert_trees_equal, optimizer_data, scan_trajectories
+from references.adam import (
+    ref_adam_optimizer,
+    ref_adamax_optimizer,
+    ref_adamaxw_optimizer,
+    ref_adamw_optimizer,
+    ref_amsgrad_optimizer,
+    ref_nadam_optimizer,
+    ref_nadamw_optimizer,
+)
+from references.momentum import ref_sgd_optimizer
+from references.rms import ref_adagrad_optimizer, ref_rmsprop_optimizer
 
 import gradchain as gc
 
@@ -78,230 +89,23 @@ EXPONENTIAL = Sched("exponential", lambda c: 0.03 * 0.98**c, lambda t: 0.03 * 0.
 DECAY_SCHEDULE = Sched("wd_linear", lambda c: 0.2 - 0.001 * c, lambda t: 0.2 - 0.001 * t)
 
 
-def _value(x: Any, step: int) -> float:
-    """A hyperparameter's value at the 0-based step `step` (as a schedule sees it)."""
-    if isinstance(x, Sched):
-        return x.np_fn(step)
-    if callable(x):
-        return float(x(step))
-    return float(x)
-
-
 # ---------------------------------------------------------------------------------------------------
-# The float64 numpy references. Each returns (init(p) -> state, step(g, p, state, t) -> (update, state))
-# for one array; t is the 1-based step number. They follow the papers (and PyTorch where gradchain
-# documents PyTorch's convention), not gradchain's code.
-
-
-def _l2(g, p, weight_decay, t):
-    return g if weight_decay is None else g + _value(weight_decay, t - 1) * p
-
-
-def ref_sgd(learning_rate, momentum=None, nesterov=False, *, dampening=0.0, weight_decay=None):
-    def init(p):
-        return {"v": np.zeros_like(p)}
-
-    def step(g, p, s, t):
-        g = _l2(g, p, weight_decay, t)  # PyTorch's coupled decay
-        if momentum is not None:
-            v = g if t == 1 else momentum * s["v"] + (1 - dampening) * g  # Sutskever et al.; torch
-            s = {"v": v}
-            g = g + momentum * v if nesterov else v
-        return -_value(learning_rate, t - 1) * g, s
-
-    return init, step
-
-
-def ref_adagrad(
-    learning_rate, initial_accumulator_value=0.1, eps=1e-7, *, eps_in_sqrt=True, lr_decay=None, weight_decay=None
-):
-    def init(p):
-        return {"s": np.full_like(p, initial_accumulator_value)}
-
-    def step(g, p, s, t):
-        g = _l2(g, p, weight_decay, t)
-        acc = s["s"] + g * g  # Duchi et al.: sum of all squared gradients
-        denom = np.sqrt(acc + eps) if eps_in_sqrt else np.sqrt(acc) + eps
-        u = np.divide(g, denom, out=np.zeros_like(g), where=denom > 0)
-        lr = _value(learning_rate, t - 1)
-        if lr_decay is not None:
-            lr = lr / (1 + lr_decay * (t - 1))  # torch: clr = lr / (1 + (step - 1) * lr_decay)
-        return -lr * u, {"s": acc}
-
-    return init, step
-
-
-def ref_rmsprop(
-    learning_rate,
-    decay=0.9,
-    eps=1e-8,
-    initial_scale=0.0,
-    eps_in_sqrt=True,
-    centered=False,
-    momentum=None,
-    nesterov=False,
-    bias_correction=False,
-    *,
-    weight_decay=None,
-    lr_in_buffer=False,
-):
-    """lr_in_buffer: optax's order (the learning rate applied before the momentum buffer)."""
-
-    def init(p):
-        return {"nu": np.full_like(p, initial_scale), "mu": np.zeros_like(p), "buf": np.zeros_like(p)}
-
-    def step(g, p, s, t):
-        g = _l2(g, p, weight_decay, t)
-        nu = decay * s["nu"] + (1 - decay) * g * g  # Tieleman & Hinton
-        mu = decay * s["mu"] + (1 - decay) * g
-        c = 1 - decay**t if bias_correction else 1.0
-        var = nu / c - (mu / c) ** 2 if centered else nu / c  # Graves 2013
-        u = g / (np.sqrt(var + eps) if eps_in_sqrt else np.sqrt(var) + eps)
-        lr = _value(learning_rate, t - 1)
-        if lr_in_buffer:
-            u, lr = -lr * u, -1.0
-        buf = s["buf"]
-        if momentum is not None:
-            buf = momentum * buf + u
-            u = u + momentum * buf if nesterov else buf
-        return -lr * u, {"nu": nu, "mu": mu, "buf": buf}
-
-    return init, step
-
-
-def _adam_family(
-    learning_rate,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    *,
-    nesterov=False,
-    amsgrad=False,
-    debias_before_max=True,
-    l2=None,
-    decoupled=None,
-    mask_leaf=True,
-):
-    def init(p):
-        return {"mu": np.zeros_like(p), "nu": np.zeros_like(p), "nu_max": np.zeros_like(p)}
-
-    def step(g, p, s, t):
-        g = _l2(g, p, l2, t)
-        mu = b1 * s["mu"] + (1 - b1) * g  # Kingma & Ba, algorithm 1
-        nu = b2 * s["nu"] + (1 - b2) * g * g
-        if nesterov:  # Dozat 2016, in optax's form
-            mu_hat = b1 * mu / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
-        else:
-            mu_hat = mu / (1 - b1**t)
-        nu_hat = nu / (1 - b2**t)
-        nu_max = s["nu_max"]
-        if amsgrad:  # Reddi et al.; optax debiases before the maximum, torch after
-            if debias_before_max:
-                nu_max = np.maximum(nu_max, nu_hat)
-                nu_hat = nu_max
-            else:
-                nu_max = np.maximum(nu_max, nu)
-                nu_hat = nu_max / (1 - b2**t)
-        u = mu_hat / (np.sqrt(nu_hat + eps_root) + eps)
-        if decoupled is not None and mask_leaf:  # Loshchilov & Hutter: decay outside the adaptive scaling
-            u = u + _value(decoupled, t - 1) * p
-        return -_value(learning_rate, t - 1) * u, {"mu": mu, "nu": nu, "nu_max": nu_max}
-
-    return init, step
-
-
-def ref_adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, *, nesterov=False, weight_decay=None):
-    return _adam_family(learning_rate, b1, b2, eps, eps_root, nesterov=nesterov, l2=weight_decay)
-
-
-def ref_adamw(
-    learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, weight_decay=1e-4, *, nesterov=False, mask_leaf=True
-):
-    return _adam_family(
-        learning_rate, b1, b2, eps, eps_root, nesterov=nesterov, decoupled=weight_decay, mask_leaf=mask_leaf
-    )
-
-
-def _dozat_nadam(learning_rate, b1, b2, eps, psi, *, l2=None, decoupled=None, mask_leaf=True):
-    """Dozat 2016, algorithm 2, with the warming momentum schedule and PyTorch's debiased nu."""
-
-    def init(p):
-        return {"m": np.zeros_like(p), "v": np.zeros_like(p), "prod": 1.0}
-
-    def step(g, p, s, t):
-        g = _l2(g, p, l2, t)
-        mu_t = b1 * (1 - 0.5 * 0.96 ** (t * psi))
-        mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))
-        prod = s["prod"] * mu_t
-        m = b1 * s["m"] + (1 - b1) * g
-        v = b2 * s["v"] + (1 - b2) * g * g
-        d = np.sqrt(v / (1 - b2**t)) + eps
-        u = (1 - mu_t) / (1 - prod) * g / d + mu_next / (1 - prod * mu_next) * m / d
-        if decoupled is not None and mask_leaf:
-            u = u + _value(decoupled, t - 1) * p
-        return -_value(learning_rate, t - 1) * u, {"m": m, "v": v, "prod": prod}
-
-    return init, step
-
-
-def ref_nadam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, *, momentum_decay=None, weight_decay=None):
-    if momentum_decay is not None:
-        return _dozat_nadam(learning_rate, b1, b2, eps, momentum_decay, l2=weight_decay)
-    return _adam_family(learning_rate, b1, b2, eps, eps_root, nesterov=True, l2=weight_decay)
-
-
-def ref_nadamw(
-    learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, weight_decay=1e-4, *, momentum_decay=None, mask_leaf=True
-):
-    if momentum_decay is not None:
-        return _dozat_nadam(learning_rate, b1, b2, eps, momentum_decay, decoupled=weight_decay, mask_leaf=mask_leaf)
-    return _adam_family(
-        learning_rate, b1, b2, eps, eps_root, nesterov=True, decoupled=weight_decay, mask_leaf=mask_leaf
-    )
-
-
-def ref_amsgrad(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, *, debias_before_max=True, weight_decay=None):
-    return _adam_family(
-        learning_rate, b1, b2, eps, eps_root, amsgrad=True, debias_before_max=debias_before_max, l2=weight_decay
-    )
-
-
-def _adamax_family(learning_rate, b1, b2, eps, *, l2=None, decoupled=None, mask_leaf=True):
-    def init(p):
-        return {"mu": np.zeros_like(p), "u": np.zeros_like(p)}
-
-    def step(g, p, s, t):
-        g = _l2(g, p, l2, t)
-        mu = b1 * s["mu"] + (1 - b1) * g  # Kingma & Ba, algorithm 2 (eps inside the max, as torch/optax)
-        u_inf = np.maximum(b2 * s["u"], np.abs(g) + eps)
-        upd = mu / (1 - b1**t) / u_inf
-        if decoupled is not None and mask_leaf:
-            upd = upd + _value(decoupled, t - 1) * p
-        return -_value(learning_rate, t - 1) * upd, {"mu": mu, "u": u_inf}
-
-    return init, step
-
-
-def ref_adamax(learning_rate, b1=0.9, b2=0.999, eps=1e-8, *, weight_decay=None):
-    return _adamax_family(learning_rate, b1, b2, eps, l2=weight_decay)
-
-
-def ref_adamaxw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4, *, mask_leaf=True):
-    return _adamax_family(learning_rate, b1, b2, eps, decoupled=weight_decay, mask_leaf=mask_leaf)
+# The float64 numpy references (tests/references/momentum.py, rms.py, adam.py: `ref_<name>_optimizer`).
+# Each returns (init(p) -> state, step(g, p, state, t) -> (update, state)) for one array; t is the 1-based
+# step number. They read a `Sched` through its numpy formula (reference.py's `value_at`).
 
 
 REFERENCES = {
-    "sgd": ref_sgd,
-    "adagrad": ref_adagrad,
-    "rmsprop": ref_rmsprop,
-    "adam": ref_adam,
-    "adamw": ref_adamw,
-    "nadam": ref_nadam,
-    "nadamw": ref_nadamw,
-    "amsgrad": ref_amsgrad,
-    "adamax": ref_adamax,
-    "adamaxw": ref_adamaxw,
+    "sgd": ref_sgd_optimizer,
+    "adagrad": ref_adagrad_optimizer,
+    "rmsprop": ref_rmsprop_optimizer,
+    "adam": ref_adam_optimizer,
+    "adamw": ref_adamw_optimizer,
+    "nadam": ref_nadam_optimizer,
+    "nadamw": ref_nadamw_optimizer,
+    "amsgrad": ref_amsgrad_optimizer,
+    "adamax": ref_adamax_optimizer,
+    "adamaxw": ref_adamaxw_optimizer,
 }
 
 
@@ -801,7 +605,7 @@ PAIRS = [
 
 def _by_hand(a, b) -> gc.GradientTransformation:
     return gc.GradientTransformation(
-        lambda p: (a.init(p), b.init(p)),
+        lambda p: gc.ChainState((a.init(p), b.init(p))),  # the same state container as the chain's
         lambda g, s, p=None: _by_hand_update(a, b, g, s, p),
     )
 
@@ -821,7 +625,7 @@ def test_chain_is_applying_one_then_the_other(index):
 def _by_hand_update(a, b, g, state, params):
     u, sa = a.update(g, state[0], params)
     u, sb = b.update(u, state[1], params)
-    return u, (sa, sb)
+    return u, gc.ChainState((sa, sb))
 
 
 # ---------------------------------------------------------------------------------------------------

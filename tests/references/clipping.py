@@ -1,4 +1,5 @@
-"""Float64 numpy transcriptions of `clip`, `clip_by_global_norm`, `clip_by_block_rms`, one leaf at a time.
+"""Float64 numpy transcriptions of `clip`, `clip_by_global_norm`, `clip_by_block_rms` and `adaptive_grad_clip`
+(Brock et al. 2021, eq. 3), one leaf at a time.
 
 The formulas of gradchain/transforms/clipping.py's docstrings and papers, transcribed independently of its code.
 """
@@ -10,7 +11,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from reference import PyTree, _wide, abs_sq
+from reference import PyTree, _wide, abs_sq, l2_norm
 
 
 def ref_clip(grads: Sequence[Any], max_delta: float) -> list[np.ndarray]:
@@ -45,4 +46,30 @@ def ref_clip_by_block_rms(grads: Sequence[Any], threshold: float) -> list[np.nda
     for g in map(_wide, grads):
         rms = float(np.sqrt(np.mean(abs_sq(g)))) if g.size else 0.0
         out.append(g * (threshold / rms if rms > threshold else 1.0))
+    return out
+
+
+def ref_unit_axes(shape):
+    if sum(d != 1 for d in shape) <= 1:
+        return tuple(range(len(shape)))
+    return (0,) if len(shape) in (2, 3) else tuple(range(len(shape) - 1))
+
+
+def ref_agc(g, p, clipping, eps, counts=None):
+    """Brock et al. 2021, eq. 3, unit by unit: each unit is one index of the axes the norm leaves out."""
+    axes = ref_unit_axes(g.shape)
+    kept = [a for a in range(g.ndim) if a not in axes]
+    out = g.copy()
+    for idx in np.ndindex(*[g.shape[a] for a in kept]):
+        sel = [slice(None)] * g.ndim
+        for a, i in zip(kept, idx, strict=True):
+            sel[a] = i
+        sel = tuple(sel)
+        limit = clipping * max(l2_norm(p[sel]), eps)
+        gn = l2_norm(g[sel])
+        clipped = gn > limit
+        if counts is not None:
+            counts[clipped] += 1
+        if clipped:
+            out[sel] = g[sel] * (limit / gn)
     return out

@@ -2,8 +2,8 @@
 
 DESIGN.md promises errors where a transformation is built or first sees a tree, in words that name
 the argument or the leaf path. These tests run the same checks over one table of ingredients (the
-cases of tests/test_transforms_scaling.py, _momentum.py, _adaptive.py, _weight_decay.py and
-_clipping.py, which compare the numbers):
+cases of tests/transforms/test_scaling.py, test_momentum.py, test_rms.py, test_adam.py,
+test_weight_decay.py and test_clipping.py, which compare the numbers):
 
 - bad hyperparameters raise `ValueError` or `TypeError` naming the argument;
 - integer or boolean params raise `TypeError` at `init`, naming the leaf (`b`);
@@ -67,8 +67,8 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
 # ------------------------------------------------------------------------------------------------
 # The ingredients
 
-HALVING = Harmonic(0.5)  # test_transforms_scaling.py's schedule
-QUARTERING = Harmonic(0.25)  # test_transforms_weight_decay.py's schedule
+HALVING = Harmonic(0.5)  # test_scaling.py's schedule
+QUARTERING = Harmonic(0.25)  # test_weight_decay.py's schedule
 
 SCALING = [
     call(gc.scale, -0.37),

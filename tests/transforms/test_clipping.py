@@ -6,7 +6,7 @@ steps scaled below the threshold and all-zero steps mixed in, and is compared st
 float64 numpy transcription of its formula (tests/reference.py) and with optax. PyTorch's
 `clip_grad_norm_` (eps = 1e-6) is checked against numpy here and against torch by the optimizer tests.
 Bad arguments, integer params and updates, and count saturation are tested for every ingredient in
-tests/test_transforms_boundaries.py.
+tests/transforms/test_boundaries.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ different shapes and magnitudes, and is compared step by step with a float64 num
 its formula (tests/reference.py) and, where optax defines the same thing, with optax. PyTorch's
 dampening convention (the first step keeps the whole gradient) is checked against numpy here and
 against torch by the optimizer tests. Bad arguments, integer params, mismatched update trees and
-count saturation are tested for every ingredient in tests/test_transforms_boundaries.py.
+count saturation are tested for every ingredient in tests/transforms/test_boundaries.py.
 """
 
 from __future__ import annotations

@@ -10,13 +10,12 @@ plus one).
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from references.plateau import ref_plateau
 
 import gradchain as gc
 from gradchain import ReduceOnPlateauState, reduce_on_plateau
@@ -44,34 +43,6 @@ def loss_sequence(seed: int, n: int = N) -> np.ndarray:
                 level *= 1 - 3e-4  # improvements below/around the threshold, some above
                 out.append(level)
     return np.asarray(out[:n], np.float32)
-
-
-def ref_plateau(values, *, factor, patience, threshold, threshold_mode, mode, cooldown, min_lr, eps):
-    """torch's ReduceLROnPlateau.step, transcribed in float64; returns (lrs, smallest relative margin)."""
-    best = math.inf if mode == "min" else -math.inf
-    bad, cd, lr, lrs, margin = 0, 0, BASE_LR, [], math.inf
-    for v in map(float, values):
-        if mode == "min":
-            limit = best * (1 - threshold) if threshold_mode == "rel" else best - threshold
-            better = v < limit
-        else:
-            limit = best * (1 + threshold) if threshold_mode == "rel" else best + threshold
-            better = v > limit
-        if math.isfinite(limit):
-            margin = min(margin, abs(v - limit) / abs(v))
-        if better:
-            best, bad = v, 0
-        else:
-            bad += 1
-        if cd > 0:
-            cd, bad = cd - 1, 0
-        if bad > patience:
-            new = max(lr * factor, min_lr)
-            if lr - new > eps:
-                lr = new
-            cd, bad = cooldown, 0
-        lrs.append(lr)
-    return np.asarray(lrs), margin
 
 
 def torch_lrs(values, *, factor, patience, threshold, threshold_mode, mode, cooldown, min_lr, eps):
@@ -143,7 +114,7 @@ def test_matches_torch_step_for_step(
         mode=mode,
         cooldown=cooldown,
     )
-    expected, margin = ref_plateau(values, min_lr=min_lr, eps=eps, **kw)
+    expected, margin = ref_plateau(values, base_lr=BASE_LR, min_lr=min_lr, eps=eps, **kw)
     # No comparison is a near tie that float32 arithmetic could flip: the test is decisive.
     assert margin > 1e-5, margin
     np.testing.assert_allclose(torch_lrs(values, min_lr=min_lr, eps=eps, **kw), expected, rtol=1e-12)
@@ -263,7 +234,7 @@ def test_accumulation_averages_like_numpy():
     k = 4
     kw = dict(factor=0.5, patience=1, threshold=1e-3, threshold_mode="rel", mode="min", cooldown=1)
     means = values.astype(np.float64).reshape(-1, k).mean(axis=1)
-    expected, margin = ref_plateau(means, min_lr=0.0, eps=0.0, **kw)
+    expected, margin = ref_plateau(means, base_lr=BASE_LR, min_lr=0.0, eps=0.0, **kw)
     assert margin > 1e-5
     scales = gradchain_scales(values, accumulation_size=k, **kw)
     # Evaluated once every k values; the scale holds in between.

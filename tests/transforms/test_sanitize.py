@@ -12,6 +12,7 @@ import ml_dtypes
 import numpy as np
 import optax
 import pytest
+from references.sanitize import ref_nonnegative
 
 import gradchain as gc
 from gradchain import ZeroNansState, keep_params_nonnegative, zero_nans
@@ -100,10 +101,6 @@ def test_zero_nans_abstract_init_and_empty_tree():
     assert state.found_nan["none"] is None
     u, state = tx.update({}, tx.init({}))
     assert u == {} and int(state.nan_count) == 0
-
-
-def ref_nonnegative(p: np.ndarray, u: np.ndarray) -> np.ndarray:
-    return np.where(p + u < 0, -p, u)
 
 
 @pytest.mark.parametrize("step_size", [0.3, 1.0, 3.0])

@@ -3,7 +3,7 @@
 Each ingredient runs for 100 steps on a fixed gradient sequence over a tree of four leaves of
 different shapes and magnitudes, and is compared step by step with a float64 numpy transcription of
 its formula (tests/reference.py) and with optax's counterpart. Bad arguments, integer params and
-updates, and count saturation are tested for every ingredient in tests/test_transforms_boundaries.py.
+updates, and count saturation are tested for every ingredient in tests/transforms/test_boundaries.py.
 """
 
 from __future__ import annotations

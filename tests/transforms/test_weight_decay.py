@@ -6,7 +6,7 @@ the optimizer tests check that). Each variant (constant, tree mask, callable mas
 magnitudes, and is compared step by step with a float64 numpy transcription of the formula
 (tests/reference.py) and with optax's `add_decayed_weights`. Bad weight decays, integer params,
 mismatched update trees and count saturation are tested for every ingredient in
-tests/test_transforms_boundaries.py; the masks and the params the decay needs are tested here.
+tests/transforms/test_boundaries.py; the masks and the params the decay needs are tested here.
 """
 
 from __future__ import annotations

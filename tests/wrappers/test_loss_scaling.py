@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from references.loss_scaling import ref_scales
 
 import gradchain as gc
 from gradchain import DynamicLossScaleState, dynamic_loss_scale, loss_scale, reduce_on_plateau
@@ -49,25 +50,6 @@ def plant(tree: dict[str, np.ndarray], kind: str | None, step: int) -> dict[str,
     bad = out[leaf].copy().reshape(-1)
     bad[step % bad.size] = {"inf": np.inf, "-inf": -np.inf, "nan": np.nan}[kind]
     out[leaf] = bad.reshape(out[leaf].shape)
-    return out
-
-
-def ref_scales(finite: list[bool], init_scale, growth_interval, growth_factor, backoff_factor, min_scale=0.0):
-    """torch's _amp_update_scale_ (aten/src/ATen/native/cpu/AmpGradScalerKernels.cpp), plus a floor.
-
-    The scale is stored in float32 (as torch's scale tensor) and multiplied in float64.
-    """
-    scale, tracker, out = float(init_scale), 0, []
-    for ok in finite:
-        if not ok:
-            scale, tracker = max(float(np.float32(scale * backoff_factor)), min_scale), 0
-        else:
-            tracker += 1
-            if tracker == growth_interval:
-                grown = np.float32(scale * growth_factor)
-                scale = float(grown) if np.isfinite(grown) else scale
-                tracker = 0
-        out.append((np.float32(scale), tracker))
     return out
 
 
