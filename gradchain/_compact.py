@@ -34,7 +34,16 @@ import numpy as np
 
 PyTree = Any
 
-__all__ = ["ChainState", "NamedChainState", "from_view", "is_concrete", "put_like", "restore_from_view", "to_view"]
+__all__ = [
+    "ChainState",
+    "NamedChainState",
+    "from_view",
+    "is_concrete",
+    "put_like",
+    "register_compact_state",
+    "restore_from_view",
+    "to_view",
+]
 
 _BLOCK_KEY = "scalars"
 
@@ -190,6 +199,17 @@ class _Layout:
         return len(self.plans)
 
 
+# One object per distinct layout: a jitted step compares its arguments' tree structure with the
+# one it was compiled for on every call, and an identical layout object makes that comparison an
+# identity check instead of a walk over the plans (the state an `init` returns and the one a step
+# returns are built apart, but share their layout).
+_LAYOUTS: dict[_Layout, _Layout] = {}
+
+
+def _intern(layout: _Layout) -> _Layout:
+    return _LAYOUTS.setdefault(layout, layout)
+
+
 # ---------------------------------------------------------------------------------------------
 # Views: a compact state shown as its ingredients' states (what `hyperparams` and friends walk).
 
@@ -201,9 +221,15 @@ class ChainView(tuple):
 
 
 class NamedChainView(dict):
-    """A `NamedChainState` as a plain pytree of its ingredients' states (children keyed by name)."""
+    """A `NamedChainState` as a plain pytree of its ingredients' states (children keyed by name).
 
-    __slots__ = ()
+    `kind` is the class of the state it shows (`NamedChainState`, or a subclass such as
+    `PartitionState`), so that `from_view` gives that class back.
+    """
+
+    def __init__(self, items: Any = (), kind: type | None = None):
+        super().__init__(items)
+        self.kind = kind or NamedChainState
 
 
 jax.tree_util.register_pytree_with_keys(
@@ -214,9 +240,9 @@ jax.tree_util.register_pytree_with_keys(
 )
 jax.tree_util.register_pytree_with_keys(
     NamedChainView,
-    lambda v: (tuple((jax.tree_util.DictKey(k), x) for k, x in v.items()), tuple(v)),
-    lambda names, children: NamedChainView(zip(names, children, strict=True)),
-    flatten_func=lambda v: (tuple(v.values()), tuple(v)),
+    lambda v: (tuple((jax.tree_util.DictKey(k), x) for k, x in v.items()), (tuple(v), v.kind)),
+    lambda aux, children: NamedChainView(zip(aux[0], children, strict=True), aux[1]),
+    flatten_func=lambda v: (tuple(v.values()), (tuple(v), v.kind)),
 )
 
 
@@ -259,7 +285,7 @@ def from_view(tree: PyTree) -> PyTree:
 
     def back(view: Any) -> Any:
         if isinstance(view, NamedChainView):
-            return NamedChainState({k: from_view(v) for k, v in view.items()})
+            return view.kind({k: from_view(v) for k, v in view.items()})
         return ChainState(tuple(from_view(v) for v in view))
 
     return _map_nodes(tree, _is_view, back)
@@ -316,6 +342,7 @@ def _plan(node: Any, scalars: list[Any]) -> tuple[Any, tuple]:
             "named",
             tuple(node),
             tuple(p for _, p in planned),
+            node.kind,
         )
     if isinstance(node, ChainView):
         planned = [_plan(child, scalars) for child in node]
@@ -345,8 +372,10 @@ def _rebuild_link(skeleton: Any, plan: tuple, scalars: Iterator[Any]) -> Any:
     if kind == "chain":
         return ChainView(_rebuild_link(c, p, scalars) for c, p in zip(skeleton, plan[1], strict=True))
     if kind == "named":
-        _, names, plans = plan
-        return NamedChainView((n, _rebuild_link(skeleton[n], p, scalars)) for n, p in zip(names, plans, strict=True))
+        _, names, plans, kind = plan
+        return NamedChainView(
+            ((n, _rebuild_link(skeleton[n], p, scalars)) for n, p in zip(names, plans, strict=True)), kind
+        )
     _, treedef, plans = plan
     children, _ = _one_level(skeleton)
     if len(children) != len(plans):
@@ -370,7 +399,7 @@ def _encode(links: Sequence[Any], keys: tuple[str, ...] | None) -> tuple[tuple[A
         group = _group(dtype)
         specs.append((dtype.name, group, seen.get(group, 0)))
         seen[group] = seen.get(group, 0) + 1
-    layout = _Layout(keys, tuple(plans), tuple(specs), _block_dtype(dtypes).name)
+    layout = _intern(_Layout(keys, tuple(plans), tuple(specs), _block_dtype(dtypes).name))
     children = tuple(skeletons)
     if values:
         children += (_pack_block(values, layout),)
@@ -622,7 +651,7 @@ class NamedChainState(_CompactState, Mapping):
         return f"NamedChainState({dict(zip(self._names, self._states(), strict=True))!r})"
 
     def view(self) -> NamedChainView:
-        return NamedChainView(zip(self._names, (to_view(link) for link in self._states()), strict=True))
+        return NamedChainView(zip(self._names, (to_view(link) for link in self._states()), strict=True), type(self))
 
 
 def _flatten(state: _CompactState) -> tuple[tuple[Any, ...], _Layout]:
@@ -647,10 +676,16 @@ def _flatten_with_keys(state: _CompactState):
     return tuple(zip(_child_keys(layout), children, strict=True)), layout
 
 
-for _cls in (ChainState, NamedChainState):
+def register_compact_state(cls: type) -> type:
+    """Register a subclass of `ChainState` or `NamedChainState` as a pytree (jax registers exact types)."""
     jax.tree_util.register_pytree_with_keys(
-        _cls,
+        cls,
         _flatten_with_keys,
-        functools.partial(lambda cls, layout, children: cls._lazy(layout, children), _cls),
+        functools.partial(lambda cls, layout, children: cls._lazy(layout, children), cls),
         flatten_func=_flatten,
     )
+    return cls
+
+
+register_compact_state(ChainState)
+register_compact_state(NamedChainState)

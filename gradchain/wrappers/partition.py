@@ -21,14 +21,14 @@ same resolver serves the `mask=` argument of `adamw` and the other element-wise 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradchain._base import EmptyState, GradientTransformation, with_extra_args_support
 from gradchain._checks import check_transformation
+from gradchain._compact import NamedChainState, register_compact_state
 from gradchain._masking import (
     FlatTree,
     bool_check,
@@ -174,16 +174,18 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
 # partition
 
 
-@jax.tree_util.register_pytree_with_keys_class
-class PartitionState(Mapping[str, Any]):
+@register_compact_state
+class PartitionState(NamedChainState):
     """State of `partition`: `label -> that group's state`, a read-only mapping (also `.inner_states`).
 
-    A pytree whose children are keyed by label (no field name in between), so `hyperparams` shows a
-    group's hyperparameters under the group's name (`"no_decay/learning_rate"`), and
-    `set_hyperparams` takes those keys.
+    A `NamedChainState` keyed by label: its pytree children are keyed by label (no field name in
+    between), so `hyperparams` shows a group's hyperparameters under the group's name
+    (`"no_decay/learning_rate"`) and `set_hyperparams` takes those keys; and the scalars of every
+    group (counts, hyperparameters) share one array, as in a chain.
 
     Example:
         ```python
+        import jax
         import jax.numpy as jnp
         import gradchain as gc
 
@@ -191,44 +193,19 @@ class PartitionState(Mapping[str, Any]):
         state = tx.init({"x": jnp.ones(2), "y": jnp.ones(3)})
         assert isinstance(state, gc.PartitionState) and list(state) == ["a", "b"]
         assert state["b"][0].mu["x"] is None and state["b"][0].mu["y"].shape == (3,)
+        assert len(jax.tree.leaves(state)) == 3  # Adam's mu and nu for y, and one array of scalars
         ```
     """
 
-    __slots__ = ("inner_states",)
+    __slots__ = ()
 
-    def __init__(self, inner_states: Mapping[str, Any]):
-        self.inner_states = dict(inner_states)
-
-    def __getitem__(self, label: str) -> Any:
-        return self.inner_states[label]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.inner_states)
-
-    def __len__(self) -> int:
-        return len(self.inner_states)
+    @property
+    def inner_states(self) -> dict[str, Any]:
+        """The groups' states, as a dict `label -> state` (optax's field name)."""
+        return dict(self.items())
 
     def __repr__(self) -> str:
         return f"PartitionState({self.inner_states!r})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"inner_states": self.inner_states}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.inner_states = state["inner_states"]
-
-    def tree_flatten(self):
-        # Without keys: what jit and tree maps use, cheaper than building the keys.
-        labels = tuple(self.inner_states)
-        return tuple(self.inner_states[k] for k in labels), labels
-
-    def tree_flatten_with_keys(self):
-        labels = tuple(self.inner_states)
-        return [(jax.tree_util.DictKey(k), self.inner_states[k]) for k in labels], labels
-
-    @classmethod
-    def tree_unflatten(cls, labels, children):
-        return cls(dict(zip(labels, children, strict=True)))
 
 
 class _PartitionInfo(NamedTuple):

@@ -81,10 +81,15 @@ def _param_trajectory(tx, params, grads):
 
 
 def _buffer_bytes(state) -> int:
-    """Bytes of per-parameter buffers: the scalars (each chain keeps them in one 1-D block) are left out."""
+    """Bytes of per-parameter buffers, leaving out the scalars (a chain or partition keeps them in one block)."""
+    compact = (gc.ChainState, gc.NamedChainState)  # a PartitionState is one too
+
+    def states(node):  # the transformations' states, without the block
+        return list(node.values()) if isinstance(node, gc.NamedChainState) else list(node)
+
     return sum(
-        _buffer_bytes(tuple(node)) if isinstance(node, gc.ChainState) else (node.nbytes if jnp.ndim(node) > 0 else 0)
-        for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, gc.ChainState))
+        _buffer_bytes(states(node)) if isinstance(node, compact) else (node.nbytes if jnp.ndim(node) > 0 else 0)
+        for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, compact))
     )
 
 
