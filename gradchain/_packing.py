@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradchain import tree as tree_util
-from gradchain._compact import is_concrete, put_like
+from gradchain._scalar_block import is_concrete, put_like
 
 PyTree = Any
 
