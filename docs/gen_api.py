@@ -98,6 +98,7 @@ PAGES = {
         [
             ("gradchain.doctor.range_test", "Learning-rate range test"),
             ("gradchain.doctor.curves", "Reading a loss curve"),
+            ("gradchain.doctor.findings", "What diagnose reports"),
         ],
     ),
     "states.md": (

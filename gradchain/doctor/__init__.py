@@ -26,7 +26,8 @@ References:
     Smith, *Cyclical Learning Rates for Training Neural Networks*, WACV 2017 (arXiv:1506.01186).
 """
 
-from gradchain.doctor.curves import Diagnosis, Finding, diagnose
+from gradchain.doctor.curves import diagnose
+from gradchain.doctor.findings import Diagnosis, Finding
 from gradchain.doctor.range_test import LRRangeResult, lr_range_test
 
 __all__ = ["Diagnosis", "Finding", "LRRangeResult", "diagnose", "lr_range_test"]

@@ -5,158 +5,15 @@ Part of the training doctor (see `gradchain.doctor`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 
 from gradchain._checks import check_int
+from gradchain.doctor.findings import ADVICE, KINDS, Diagnosis, Finding, pct
 
-__all__ = ["Diagnosis", "Finding", "diagnose"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Finding:
-    """One pattern `diagnose` found in a loss curve, with its evidence and the usual remedies.
-
-    Attributes:
-        kind: one of "exploding", "flat", "overfitting", "plateau", "noisy".
-        summary: one line, quoting the numbers in `evidence`.
-        advice: the usual remedies, most likely first (from the debugging flowchart of CMU 10-701
-            lecture 6 and the optimizer primer's debugging guide).
-        evidence: the numbers behind the finding, by name. Steps are 0-based indices into the
-            training history; fractions are plain ratios (0.05 is 5%). `diagnose` lists each
-            kind's keys.
-
-    Example:
-        ```python
-        import numpy as np
-        import gradchain as gc
-
-        finding = gc.diagnose(np.linspace(1.0, 0.99, 100)).findings[0]
-        assert finding.kind == "flat" and finding.evidence["drop"] < 0.1
-        print(finding)  # the summary, the evidence and the advice
-        ```
-    """
-
-    kind: str
-    summary: str
-    advice: tuple[str, ...]
-    evidence: dict[str, float]
-
-    def __post_init__(self) -> None:
-        # Plain Python floats, whatever numpy scalar computed them, so the evidence reads cleanly.
-        object.__setattr__(self, "advice", tuple(self.advice))
-        object.__setattr__(self, "evidence", {k: float(v) for k, v in self.evidence.items()})
-
-    def __str__(self) -> str:
-        numbers = ", ".join(f"{k}={_fmt(v)}" for k, v in self.evidence.items())
-        lines = [f"{self.kind}: {self.summary}", f"  evidence: {numbers}"]
-        lines += [f"  - {a}" for a in self.advice]
-        return "\n".join(lines)
-
-
-@dataclasses.dataclass(frozen=True)
-class Diagnosis:
-    """What `diagnose` found in a loss curve: the findings in order of severity, and notes.
-
-    `"plateau" in d` tells whether a kind was found, and `d["plateau"]` returns its `Finding`.
-
-    Attributes:
-        findings: the patterns found, most severe first (exploding, flat, overfitting, plateau,
-            noisy); empty for a healthy curve.
-        notes: what was not assessed and why (too short a history, no validation history, the
-            other patterns skipped because the loss exploded).
-        steps: the training steps the history covers (its length times `loss_every`).
-
-    Example:
-        ```python
-        import numpy as np
-        import gradchain as gc
-
-        healthy = gc.diagnose(np.exp(-np.arange(100) / 40))
-        assert healthy.healthy and healthy.kinds == ()
-        broken = gc.diagnose([1.0, 0.9, 1.5, 30.0, np.nan])
-        assert broken.kinds == ("exploding",) and "exploding" in broken
-        print(broken)  # each finding, its evidence and advice
-        ```
-    """
-
-    findings: tuple[Finding, ...]
-    notes: tuple[str, ...] = ()
-    steps: int = 0
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        """The kinds of the findings, in order of severity."""
-        return tuple(f.kind for f in self.findings)
-
-    @property
-    def healthy(self) -> bool:
-        """Whether no pattern was found."""
-        return not self.findings
-
-    def __getitem__(self, kind: str) -> Finding:
-        for f in self.findings:
-            if f.kind == kind:
-                return f
-        raise KeyError(f"diagnose found no {kind!r} pattern; found: {list(self.kinds) or 'none'}")
-
-    def __contains__(self, kind: object) -> bool:
-        return kind in self.kinds
-
-    def __str__(self) -> str:
-        head = f"diagnose: {self.steps} steps: "
-        if self.healthy:
-            lines = [head + "no pattern found (healthy)"]
-        else:
-            lines = [head + ", ".join(self.kinds)]
-            lines += [str(f) for f in self.findings]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-
-_KINDS = ("exploding", "flat", "overfitting", "plateau", "noisy")  # in order of severity
-
-_ADVICE: dict[str, tuple[str, ...]] = {
-    "exploding": (
-        "lower the learning rate (3-10x; gc.lr_range_test shows where it diverges)",
-        "check the feature/input scaling (standardise the features)",
-        "clip the gradients (gc.clip_by_global_norm) or skip bad steps (gc.apply_if_finite)",
-    ),
-    "flat": (
-        "raise the learning rate (try 10x; gc.lr_range_test sweeps it)",
-        "normalise the features and check the initialisation",
-        "check that the gradients reach the params (a loss that does not depend on them is flat too)",
-    ),
-    "overfitting": (
-        "add weight decay (gc.adamw, or weight_decay= in gc.sgd / gc.adam)",
-        "stop early: keep the params of the best validation step",
-        "more data or data augmentation; a smaller model",
-    ),
-    "plateau": (
-        "decay the learning rate: a schedule (gc.schedules.cosine_decay_schedule, "
-        "piecewise_constant_schedule) or gc.reduce_on_plateau",
-        "if this level is the best the model can reach, training has converged: stop earlier",
-        "otherwise try another optimizer (momentum, Adam) or a larger model",
-    ),
-    "noisy": (
-        "increase the batch size",
-        "add momentum (gc.sgd(lr, momentum=0.9)) or average the params (gc.ema_params)",
-        "decay the learning rate to settle below the noise floor (a schedule)",
-    ),
-}
-
-
-def _fmt(x: float) -> str:
-    if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e9:
-        return str(int(x))
-    return f"{x:.3g}"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.3g}%"
+__all__ = ["diagnose"]
 
 
 # Running medians are evaluated at no more than this many centres (and interpolated between them),
@@ -383,7 +240,7 @@ def diagnose(
         finding = Finding(
             "exploding",
             f"{len(bad)} of {n} losses are NaN or Inf, the first at step {first}{before}",
-            _ADVICE["exploding"],
+            ADVICE["exploding"],
             evidence,
         )
         notes.append("the loss exploded: the other patterns were not assessed (fix this first)")
@@ -408,9 +265,9 @@ def diagnose(
         findings.append(
             Finding(
                 "flat",
-                f"over {n * loss_every} steps the loss fell by only {_pct(drop)} of its start level "
-                f"(from {start:.4g} to at best {best:.4g}; threshold {_pct(flat_threshold)})",
-                _ADVICE["flat"],
+                f"over {n * loss_every} steps the loss fell by only {pct(drop)} of its start level "
+                f"(from {start:.4g} to at best {best:.4g}; threshold {pct(flat_threshold)})",
+                ADVICE["flat"],
                 {
                     "steps": float(n * loss_every),
                     "start": start,
@@ -452,14 +309,14 @@ def diagnose(
         findings.append(
             Finding(
                 "noisy",
-                f"over the last {_pct(window)} of the steps the loss moves by {tail_sigma:.3g} from step to "
-                f"step, {_pct(relative)} of its level {level:.4g}",
-                _ADVICE["noisy"],
+                f"over the last {pct(window)} of the steps the loss moves by {tail_sigma:.3g} from step to "
+                f"step, {pct(relative)} of its level {level:.4g}",
+                ADVICE["noisy"],
                 {"window": window, "noise": tail_sigma, "level": level, "relative_noise": relative},
             )
         )
 
-    findings.sort(key=lambda f: _KINDS.index(f.kind))
+    findings.sort(key=lambda f: KINDS.index(f.kind))
     return Diagnosis(tuple(findings), tuple(notes), n * loss_every)
 
 
@@ -528,7 +385,7 @@ def _exploding(s: _Curve, start: float, factor: float, min_rise: float, every: i
         "exploding",
         f"the smoothed loss rose from its best {best:.4g} (step {best_step}) to {peak:.4g} "
         f"(step {peak_step}){times}; it started at about {start:.4g}",
-        _ADVICE["exploding"],
+        ADVICE["exploding"],
         {
             "start": start,
             "best": best,
@@ -566,8 +423,8 @@ def _stall(
     slack = max(threshold * total, _SIGNIFICANCE * _MEDIAN_SE * tail_sigma / math.sqrt(3))
     since = min(int(near.steps[int(np.argmax(near.values - future_best[near.steps] <= slack))]), t0) * every
     summary = (
-        f"over the last {_pct(window)} of the steps (from step {t0 * every}) the loss improved by {_pct(gain)} of its "
-        f"total improvement {total:.4g} (threshold {_pct(threshold)}); no real improvement since step ~{since}, "
+        f"over the last {pct(window)} of the steps (from step {t0 * every}) the loss improved by {pct(gain)} of its "
+        f"total improvement {total:.4g} (threshold {pct(threshold)}); no real improvement since step ~{since}, "
         f"the loss is now about {level:.4g}"
     )
     evidence = {
@@ -579,7 +436,7 @@ def _stall(
         "total_improvement": total,
         "stalled_since_step": float(since),
     }
-    return Finding("plateau", summary, _ADVICE["plateau"], evidence)
+    return Finding("plateau", summary, ADVICE["plateau"], evidence)
 
 
 def _overfitting(
@@ -624,9 +481,9 @@ def _overfitting(
         return None
     return Finding(
         "overfitting",
-        f"the validation loss bottomed at {best:.4g} (step {best_step:.0f}) and ended {_pct(val_rise)} above it, "
+        f"the validation loss bottomed at {best:.4g} (step {best_step:.0f}) and ended {pct(val_rise)} above it, "
         f"at {final:.4g}, while the training loss went from {train_at_best:.4g} to {final_train:.4g}",
-        _ADVICE["overfitting"],
+        ADVICE["overfitting"],
         {
             "best_val": best,
             "best_val_step": best_step,
