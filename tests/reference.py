@@ -4,7 +4,7 @@ Test modules import this file as `from reference import ...` (pyproject's `pytho
 `tests/` on `sys.path`, from every subfolder and under `pytest -n auto` too). The numpy transcriptions
 of the update rules live in `tests/references/`, one file per family (`from references.adam import ...`).
 
-Five groups of helpers:
+Six groups of helpers:
 
 - **Constants** shared by the ingredient tests (`tests/transforms/`): `N_STEPS` steps per
   trajectory, the tolerances `RTOL` (float32) and `RTOL64` (x64), `INT32_MAX` where step counts
@@ -39,9 +39,17 @@ Five groups of helpers:
   (leaves with a leading step axis, as `scan_trajectories` returns them); `assert_trees_close` and
   `assert_trees_equal` compare two single trees (relative to each leaf's magnitude, or bit for bit);
   `assert_hyperparams(state, expected)` the hyperparameters a state holds.
+- **The layer-wise tree** (tests/transforms/test_trust_ratio.py, test_normalization.py,
+  test_clipping.py's `adaptive_grad_clip` tests, test_sm3.py): `LAYER_SHAPES` (five leaves of ranks 0
+  to 4), `layer_grads()` and `layer_params()` (`LAYER_STEPS` cached trees each); `run_many(txs, grads,
+  params)` runs ingredients that read the params in one jitted scan, `ingredient_runs(cases)` a table
+  of `Ingredient`s and their optax counterparts; `opt_data`, `optimizer_runs(cases)` and `leaf_runs`
+  compare `Opt` param trajectories (to `RTOL_TRAJ`); `convergence_losses(cases)` runs optimizers on
+  `rosenbrock` and `quadratic`; `state_bytes_per_param(tx, params)` measures a state's size.
 
-The `ref_*` references never call gradchain; of the helpers, only `scan_trajectories` (which applies
-updates with `gc.apply_updates`, as a training loop does) and `assert_hyperparams` (which reads
+The `ref_*` references never call gradchain; of the helpers, only `scan_trajectories` and
+`convergence_losses` (which apply updates with `gc.apply_updates`, as a training loop does),
+`side_by_side` (which builds a `gc.GradientTransformation`) and `assert_hyperparams` (which reads
 `gc.hyperparams`) do.
 
 Step numbering: references use the 1-based step $t$ of the papers for bias corrections; schedules
@@ -108,6 +116,28 @@ __all__ = [
     "value_at",
     "with_l2",
     "x64_enabled",
+    "LAYER_STEPS",
+    "LAYER_SHAPES",
+    "LAYER_GRAD_SCALES",
+    "LAYER_PARAM_SCALES",
+    "RTOL_TRAJ",
+    "layer_grads",
+    "layer_params",
+    "run_many",
+    "run_pairs",
+    "run_optimizers",
+    "wide",
+    "per_leaf",
+    "leaf_runs",
+    "Ingredient",
+    "ingredient_runs",
+    "Opt",
+    "opt_data",
+    "optimizer_runs",
+    "rosenbrock",
+    "quadratic",
+    "convergence_losses",
+    "state_bytes_per_param",
 ]
 
 # The standard test tree: a scalar, a vector, a matrix and a 3-d array, so that per-leaf rules and
@@ -716,3 +746,192 @@ def side_by_side(txs: list[Any]) -> gc.GradientTransformation:
         return tuple(u for u, _ in outs), tuple(s for _, s in outs)
 
     return gc.GradientTransformation(init, update)
+
+
+# ----------------------------------------------------------------------------------------------
+# The layer-wise tree: tests of trust ratios, normalization, adaptive clipping and SM3
+# (tests/transforms/test_trust_ratio.py, test_normalization.py, test_clipping.py, test_sm3.py)
+# ----------------------------------------------------------------------------------------------
+
+# Five leaves (a scalar, a vector, a matrix, a 3-d and a 4-d array), magnitudes from 1e-2 to 10.
+LAYER_STEPS = 200
+LAYER_SHAPES: dict[str, tuple[int, ...]] = {"s": (), "v": (5,), "m": (4, 6), "h": (3, 2, 4), "k": (2, 2, 3, 4)}
+LAYER_GRAD_SCALES = {"s": 1.0, "v": 1e-2, "m": 3.0, "h": 0.1, "k": 1.0}
+LAYER_PARAM_SCALES = {"s": 2.0, "v": 1.0, "m": 0.5, "h": 10.0, "k": 0.05}
+# float32 param trajectories over 200 steps: p + u rounds to 2^-24 |p| at every step, a random walk
+# that stays below ~2e-6 of the leaf's largest |p| (measured: at most 1.3e-6, see the report).
+RTOL_TRAJ = 3e-6
+
+
+@functools.cache
+def layer_grads(seed: int = 0, dtype: Any = np.float32) -> list[dict]:
+    """LAYER_STEPS fixed pseudo-random gradient trees of LAYER_SHAPES (cached)."""
+    return grad_sequence(LAYER_SHAPES, LAYER_STEPS, seed, dtype, leaf_scales=LAYER_GRAD_SCALES)
+
+
+@functools.cache
+def layer_params(seed: int = 1, dtype: Any = np.float32) -> list[dict]:
+    """LAYER_STEPS fixed pseudo-random param trees of LAYER_SHAPES (cached), independent of the updates."""
+    return grad_sequence(LAYER_SHAPES, LAYER_STEPS, seed, dtype, leaf_scales=LAYER_PARAM_SCALES)
+
+
+def _stack(trees: list[dict]) -> dict:
+    return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *trees)
+
+
+def _unstack(tree: Any, n: int) -> list[Any]:
+    tree = jax.device_get(tree)
+    return [jax.tree.map(lambda x, k=k: np.asarray(x[k]), tree) for k in range(n)]
+
+
+def run_many(txs: list[Any], grads: list[dict], params: list[dict]) -> list[list[dict]]:
+    """The updates of each of `txs` at every step, step k seeing grads[k] and params[k].
+
+    All transformations run in one jitted scan (one compilation for a whole table of cases).
+    """
+
+    def step(states, gp):
+        g, p = gp
+        out = [tx.update(g, s, p) for tx, s in zip(txs, states, strict=True)]
+        return [s for _, s in out], [u for u, _ in out]
+
+    @jax.jit
+    def go(gs, ps):
+        p0 = jax.tree.map(lambda x: x[0], ps)
+        return jax.lax.scan(step, [tx.init(p0) for tx in txs], (gs, ps))[1]
+
+    return [_unstack(u, len(grads)) for u in go(_stack(grads), _stack(params))]
+
+
+def run_pairs(tx: Any, grads: list[dict], params: list[dict]) -> list[dict]:
+    """`run_many` for one transformation."""
+    return run_many([tx], grads, params)[0]
+
+
+def run_optimizers(txs: list[Any], p0: dict, grads: list[dict]) -> list[dict]:
+    """Param trajectories (leading step axis) of several optimizers from p0, in one jitted scan."""
+    runs = scan_trajectories(txs, jax.tree.map(jnp.asarray, p0), _stack(grads))
+    return jax.device_get([trajectory for trajectory, _ in runs])
+
+
+def wide(x: Any) -> np.ndarray:
+    """x in float64 (complex128 for complex input)."""
+    return _wide(x)
+
+
+def per_leaf(fn: Callable, *trees: dict) -> dict:
+    """`{leaf: fn(that leaf of each tree, in float64)}` over trees of one flat dict layout."""
+    return {k: fn(*(wide(t[k]) for t in trees)) for k in trees[0]}
+
+
+def leaf_runs(ref: Callable, p0: dict, grads: list[dict], **per_leaf_kwargs: Any) -> dict:
+    """`ref` (p0, grads -> param trajectory) run on every leaf; kwargs given as dicts are taken per leaf."""
+    out = {}
+    for key in p0:
+        kw = {k: (v[key] if isinstance(v, dict) else v) for k, v in per_leaf_kwargs.items()}
+        out[key] = np.stack(ref(wide(p0[key]), [wide(g[key]) for g in grads], **kw))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Ingredient:
+    """A layer-wise ingredient, its optax counterpart and its per-leaf reference (g, p -> update)."""
+
+    id: str
+    ours: Callable[[], Any]
+    theirs: Callable[[], Any]
+    ref: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def ingredient_runs(cases: Sequence[Ingredient]) -> dict[str, tuple[list, list]]:
+    """`{case id: (our updates, optax's updates)}` on `layer_grads()` and `layer_params()`, one scan."""
+    txs = [c.ours() for c in cases] + [c.theirs() for c in cases]
+    runs = run_many(txs, layer_grads(), layer_params())
+    return {c.id: (runs[i], runs[len(cases) + i]) for i, c in enumerate(cases)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Opt:
+    """A layer-wise optimizer, its optax counterpart and its whole-trajectory reference."""
+
+    id: str
+    ours: Callable[[], Any]
+    theirs: Callable[[], Any]
+    ref: Callable[[dict, list[dict]], dict]  # (p0, grads) -> {leaf: stacked trajectory}
+    no_scalar: bool = False  # optax's SM3 fails on scalar leaves
+
+
+def opt_data(no_scalar: bool = False) -> tuple[dict, list[dict]]:
+    """The optimizer comparisons' start params and gradients (without the scalar leaf if asked)."""
+    p0, gs = layer_params(7)[0], layer_grads(8)
+    if no_scalar:
+        p0 = {k: v for k, v in p0.items() if k != "s"}
+        gs = [{k: v for k, v in g.items() if k != "s"} for g in gs]
+    return p0, gs
+
+
+def optimizer_runs(cases: Sequence[Opt]) -> dict[str, tuple[Any, Any]]:
+    """`{case id: (our param trajectory, optax's)}` from `opt_data`, one scan per `no_scalar` value."""
+    out = {}
+    for no_scalar in (False, True):
+        group = [c for c in cases if c.no_scalar == no_scalar]
+        if not group:
+            continue
+        p0, gs = opt_data(no_scalar)
+        trajectories = run_optimizers([c.ours() for c in group] + [c.theirs() for c in group], p0, gs)
+        for i, c in enumerate(group):
+            out[c.id] = (trajectories[i], trajectories[len(group) + i])
+    return out
+
+
+def rosenbrock(p):
+    """Rosenbrock's function of the 2-vector leaf "xy"."""
+    x, y = p["xy"][0], p["xy"][1]
+    return (1 - x) ** 2 + 100 * (y - x**2) ** 2
+
+
+def quadratic(p):
+    """An ill-conditioned quadratic of the leaves "w" (8,) and "b" (3,)."""
+    # Condition number 1e3 across the coordinates of one leaf, and another leaf 100x steeper.
+    d = jnp.logspace(0, 3, 8)
+    return 0.5 * jnp.sum(d * (p["w"] - 1.0) ** 2) + 50.0 * jnp.sum((p["b"] + 0.5) ** 2)
+
+
+def convergence_losses(cases: Sequence[tuple]) -> dict[str, tuple[float, float]]:
+    """`{case id: (start loss, final loss)}` for (id, optimizer, problem, steps, factor) cases.
+
+    The problems are "rosenbrock" and "quadratic"; the cases of one problem run in one jitted scan for
+    the steps of its first case.
+    """
+    starts = {"rosenbrock": {"xy": jnp.array([-1.2, 1.0])}, "quadratic": {"w": -jnp.ones(8), "b": jnp.ones(3)}}
+    losses = {"rosenbrock": rosenbrock, "quadratic": quadratic}
+    out = {}
+    for problem in losses:
+        group = [c for c in cases if c[2] == problem]
+        if not group:
+            continue
+        steps = group[0][3]
+        txs = [c[1]() for c in group]
+        loss = losses[problem]
+
+        def body(carry, _, txs=txs, loss=loss):
+            new = []
+            for tx, (p, s) in zip(txs, carry, strict=True):
+                u, s = tx.update(jax.grad(loss)(p), s, p)
+                new.append((gc.apply_updates(p, u), s))
+            return new, None
+
+        p0 = starts[problem]
+        final = jax.jit(lambda p: jax.lax.scan(body, [(p, tx.init(p)) for tx in txs], None, length=steps)[0])(p0)
+        for c, (p, _) in zip(group, final, strict=True):
+            out[c[0]] = (float(loss(p0)), float(loss(p)))
+    return out
+
+
+def state_bytes_per_param(tx: Any, params: dict) -> float:
+    """Bytes of per-parameter state (arrays of rank >= 1, the chain's scalar block excluded) per param."""
+    state = tx.init(params)
+    n = sum(x.size for x in jax.tree.leaves(params))
+    # Scalars (counts, hyperparameters; a chain keeps them in its scalar block) are a fixed cost.
+    block = getattr(state, "scalar_block", None)
+    return sum(x.nbytes for x in jax.tree.leaves(state) if x.ndim > 0 and x is not block) / n

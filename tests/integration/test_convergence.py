@@ -233,7 +233,8 @@ def test_heavy_ball_needs_about_sqrt_kappa_fewer_steps():
 # (c) Rosenbrock's banana, $f(x, y) = (1-x)^2 + 100 (y-x^2)^2$ from (-1.2, 1): a curved valley whose
 # floor is nearly flat, minimum 0 at (1, 1). f starts at 24.2; each optimizer must bring it below
 # 24.2e-4 (a 1e4 reduction) in 4,000 jitted float32 steps. The newer optimizers are checked on it in
-# their own test files (test_adam_variants.py, test_sgd_variants.py, test_layerwise.py, test_lbfgs.py).
+# their own test files (test_adam_variants.py, test_sgd_variants.py, test_trust_ratio.py, test_sm3.py,
+# test_lbfgs.py).
 
 ROSENBROCK_STEPS = 4000
 

@@ -1,4 +1,5 @@
-"""Tests for gradchain/transforms/clipping.py: `clip`, `clip_by_global_norm`, `clip_by_block_rms`.
+"""Tests for gradchain/transforms/clipping.py: `clip`, `clip_by_global_norm`, `clip_by_block_rms`,
+`adaptive_grad_clip`.
 
 Each runs for 100 steps on a fixed gradient sequence over a tree of four leaves of different shapes
 and magnitudes (so that some leaves are always clipped, some never, and some sometimes), with
@@ -7,11 +8,19 @@ float64 numpy transcription of its formula (tests/reference.py) and with optax. 
 `clip_grad_norm_` (eps = 1e-6) is checked against numpy here and against torch by the optimizer tests.
 Bad arguments, integer params and updates, and count saturation are tested for every ingredient in
 tests/transforms/test_boundaries.py.
+
+`adaptive_grad_clip` reads the params: it runs on the layer-wise tree of tests/reference.py (200
+steps, five leaves of ranks 0 to 4, gradients and params both fixed pseudo-random sequences) and is
+compared with its float64 transcription (Brock et al. 2021 eq. 3, tests/references/clipping.py) and
+optax at the end of this file, with its unit axes, bad arguments, missing params, integer, complex and
+bfloat16 leaves, and the state's size per parameter.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,24 +30,37 @@ import numpy as np
 import optax
 import pytest
 from reference import (
+    LAYER_GRAD_SCALES,
+    LAYER_PARAM_SCALES,
+    LAYER_SHAPES,
     N_STEPS,
     RTOL,
     RTOL64,
     TREE_SCALES,
     TREE_SHAPES,
+    Ingredient,
     assert_hyperparams,
     assert_trajectory_close,
     cached_runs,
     grad_sequence,
+    ingredient_runs,
+    l2_norm,
+    layer_grads,
+    layer_params,
     param_tree,
+    per_leaf,
     reference_tree,
+    run_pairs,
     run_transform,
     standard_grads,
+    state_bytes_per_param,
     stored,
+    wide,
 )
-from references.clipping import ref_clip, ref_clip_by_block_rms, ref_clip_by_global_norm, ref_global_norm
+from references.clipping import ref_agc, ref_clip, ref_clip_by_block_rms, ref_clip_by_global_norm, ref_global_norm
 
 import gradchain as gc
+from gradchain import adaptive_grad_clip
 
 # Every comparison here measures RTOL relative to the leaf's largest magnitude at each step
 # (`per_step=True`): a step below a threshold must be as exact as one above it.
@@ -246,3 +268,164 @@ def test_a_schedule_threshold_is_rejected_or_followed(make, name):
         size = float(np.linalg.norm(np.asarray(updates["w"])))
         expected = schedule(k) if name == "max_norm" else 2 * schedule(k)
         np.testing.assert_allclose(size, expected, rtol=RTOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive_grad_clip (Brock et al. 2021 eq. 3), on the layer-wise tree of tests/reference.py: 200
+# steps, five leaves of ranks 0 to 4, fixed pseudo-random gradients and params, against the float64
+# transcription (tests/references/clipping.py) and optax 0.2.8.
+
+
+AGC_INGREDIENTS = [
+    Ingredient(
+        "agc",
+        lambda: adaptive_grad_clip(0.5),
+        lambda: optax.adaptive_grad_clip(0.5),
+        lambda g, p: ref_agc(g, p, 0.5, stored(1e-3)),
+    ),
+    Ingredient(
+        "agc_eps",
+        lambda: adaptive_grad_clip(2.0, eps=1.0),
+        lambda: optax.adaptive_grad_clip(2.0, eps=1.0),
+        lambda g, p: ref_agc(g, p, 2.0, 1.0),
+    ),
+]
+
+
+@functools.cache
+def _agc_runs() -> dict[str, tuple[list, list]]:
+    return ingredient_runs(AGC_INGREDIENTS)
+
+
+@pytest.mark.parametrize("case", AGC_INGREDIENTS, ids=lambda c: c.id)
+def test_ingredient_matches_numpy_reference(case: Ingredient):
+    ours, _ = _agc_runs()[case.id]
+    expected = [per_leaf(case.ref, g, p) for g, p in zip(layer_grads(), layer_params(), strict=True)]
+    assert_trajectory_close(ours, expected, RTOL, per_step=True)
+
+
+@pytest.mark.parametrize("case", AGC_INGREDIENTS, ids=lambda c: c.id)
+def test_ingredient_matches_optax(case: Ingredient):
+    ours, theirs = _agc_runs()[case.id]
+    assert_trajectory_close(ours, theirs, RTOL, per_step=True)
+
+
+@pytest.mark.parametrize(("clipping", "eps"), [(0.5, 1e-3), (2.0, 1.0)])
+def test_agc_cases_clip_some_units_and_keep_others(clipping, eps):
+    counts = {True: 0, False: 0}
+    for g, p in zip(layer_grads()[:20], layer_params()[:20], strict=True):
+        for key in LAYER_SHAPES:
+            ref_agc(wide(g[key]), wide(p[key]), clipping, eps, counts)
+    assert counts[True] > 0 and counts[False] > 0, counts
+
+
+def test_agc_uses_the_units_of_each_rank():
+    # One unit clipped, the other not, for each layout: the unit axes are the right ones.
+    tx = adaptive_grad_clip(1.0, eps=0.0)
+    params = {"dense": jnp.ones((2, 2)), "conv": jnp.ones((1, 1, 2, 2)), "vec": jnp.ones((1, 2))}
+    g = {"dense": jnp.array([[3.0, 0.1], [4.0, 0.1]]), "conv": jnp.array([[[[3.0, 0.1], [4.0, 0.1]]]])}
+    g["vec"] = jnp.array([[3.0, 4.0]])
+    u, _ = tx.update(g, tx.init(params), params)
+    np.testing.assert_allclose(u["dense"][:, 0], np.array([3.0, 4.0]) * np.sqrt(2) / 5, rtol=1e-6)
+    np.testing.assert_allclose(u["dense"][:, 1], 0.1, rtol=1e-6)
+    np.testing.assert_allclose(u["conv"][0, 0], u["dense"], rtol=1e-6)
+    np.testing.assert_allclose(u["vec"], np.array([[3.0, 4.0]]) * np.sqrt(2) / 5, rtol=1e-6)  # one unit
+    # An explicit axis overrides the rules, for every leaf.
+    tx = adaptive_grad_clip(1.0, eps=0.0, axis=1)
+    u, _ = tx.update({"w": g["dense"]}, tx.init(params), {"w": params["dense"]})
+    np.testing.assert_allclose(u["w"][0], np.array([3.0, 0.1]) * np.sqrt(2) / l2_norm(np.array([3.0, 0.1])), rtol=1e-6)
+    ref, _ = optax.adaptive_grad_clip(1.0, eps=0.0, axis=1).update({"w": g["dense"]}, None, {"w": params["dense"]})
+    np.testing.assert_allclose(u["w"], ref["w"], rtol=1e-6)
+
+
+def test_complex_gradients_and_params():
+    shapes = {"v": (5,), "m": (3, 4)}
+    gs = grad_sequence(shapes, 30, 3, np.complex64)
+    ps = grad_sequence(shapes, 30, 4, np.complex64)
+    cases = [
+        (adaptive_grad_clip(0.7), lambda g, p: ref_agc(g, p, stored(0.7), stored(1e-3))),
+    ]
+    for tx, ref in cases:
+        ours = run_pairs(tx, gs, ps)
+        assert ours[0]["m"].dtype == np.complex64
+        expected = [{k: ref(wide(g[k]), wide(p[k])) for k in shapes} for g, p in zip(gs, ps, strict=True)]
+        assert_trajectory_close(ours, expected, RTOL, per_step=True)
+
+
+AGC_LOW_PRECISION = [
+    ("agc", lambda: adaptive_grad_clip(0.5), lambda g, p: ref_agc(g, p, 0.5, stored(1e-3))),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "ref"), AGC_LOW_PRECISION, ids=[c[0] for c in AGC_LOW_PRECISION])
+def test_bfloat16_leaves_round_once_from_float32_arithmetic(name, make, ref):
+    gs = grad_sequence(LAYER_SHAPES, 20, 5, jnp.bfloat16, leaf_scales=LAYER_GRAD_SCALES)
+    ps = grad_sequence(LAYER_SHAPES, 20, 6, jnp.bfloat16, leaf_scales=LAYER_PARAM_SCALES)
+    ours = run_pairs(make(), gs, ps)
+    assert ours[0]["m"].dtype == jnp.bfloat16
+    expected = [per_leaf(ref, g, p) for g, p in zip(gs, ps, strict=True)]
+    # One rounding to bfloat16 (8 significant bits): 2^-9 of the value, at most 2^-8 of the leaf's max.
+    assert_trajectory_close(ours, expected, 2**-8, per_step=True)
+
+
+AGC_BAD = [
+    (lambda: adaptive_grad_clip(-0.1), ValueError, "clipping"),
+    (lambda: adaptive_grad_clip(0.1, eps=-1.0), ValueError, "adaptive_grad_clip: eps"),
+    (lambda: adaptive_grad_clip(0.1, axis="0"), TypeError, "axis"),
+    (lambda: adaptive_grad_clip(0.1, axis=(0, 1.5)), TypeError, "axis"),
+]
+
+
+@pytest.mark.parametrize(("make", "error", "match"), AGC_BAD, ids=[b[2] + str(i) for i, b in enumerate(AGC_BAD)])
+def test_bad_hyperparameters_are_named(make, error, match):
+    with pytest.raises(error, match=re.escape(match)):
+        make()
+
+
+AGC_NEEDS_PARAMS = [
+    ("adaptive_grad_clip", lambda: adaptive_grad_clip(0.1)),
+]
+
+
+@pytest.mark.parametrize(("name", "make"), AGC_NEEDS_PARAMS, ids=[n for n, _ in AGC_NEEDS_PARAMS])
+def test_missing_params_and_mismatched_trees_are_named(name, make):
+    params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+    tx = make()
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=f"{name} needs the params"):
+        tx.update(params, state)
+    with pytest.raises(ValueError, match=r"leaf b\b"):
+        tx.update({"w": jnp.ones((2, 3)), "b": jnp.ones(4)}, state, params)
+
+
+@pytest.mark.parametrize("make", [lambda: adaptive_grad_clip(0.1)])
+def test_integer_leaves_are_named(make):
+    params = {"w": jnp.ones((2, 3)), "step": jnp.ones(3)}
+    tx = make()
+    state = tx.init(params)
+    with pytest.raises(TypeError, match=r"leaf step\b"):
+        tx.update({"w": jnp.ones((2, 3)), "step": jnp.ones(3, jnp.int32)}, state, params)
+
+
+def test_agc_names_a_leaf_without_unit_axes():
+    params = {"deep": jnp.ones((2,) * 6)}
+    tx = adaptive_grad_clip(0.1)
+    with pytest.raises(ValueError, match=re.escape("leaf deep has shape (2, 2, 2, 2, 2, 2)") + ".*axis"):
+        tx.update(params, tx.init(params), params)
+    with pytest.raises(ValueError, match=re.escape("leaf v has shape (3,), which has no axis 2")):
+        tx = adaptive_grad_clip(0.1, axis=2)
+        tx.update({"v": jnp.ones(3)}, tx.init(None), {"v": jnp.ones(3)})
+    tx = adaptive_grad_clip(0.1, axis=(0, 5))  # any axes, any rank
+    u, _ = tx.update(params, tx.init(params), params)
+    np.testing.assert_allclose(u["deep"], 0.1, rtol=1e-6)  # |g| = |p| per unit: clipped to 0.1 g
+
+
+BIG = {"w": jnp.zeros((1024, 1024), jnp.float32)}
+AGC_STATE_BYTES = [
+    ("adaptive_grad_clip", lambda: adaptive_grad_clip(0.1), 0.0),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "expected"), AGC_STATE_BYTES, ids=[s[0] for s in AGC_STATE_BYTES])
+def test_state_bytes_per_float32_param(name, make, expected):
+    assert state_bytes_per_param(make(), BIG) == pytest.approx(expected, abs=1e-9)
