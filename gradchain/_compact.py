@@ -231,15 +231,24 @@ def _encode(links: Sequence[Any], keys: tuple[str, ...] | None) -> tuple[tuple[A
         skeletons.append(skeleton)
         plans.append(plan)
     layout = make_layout(keys, tuple(plans), [scalar_dtype(value) for value in values])
-    children = tuple(skeletons)
+    # A state of scalars alone (a count and hyperparameters) leaves nothing of its own: not a child.
+    children = tuple(skeleton for skeleton, plan in zip(skeletons, plans, strict=True) if _has_skeleton(plan))
     if values:
         children += (pack_block(values, layout),)
     return children, layout
 
 
+def _has_skeleton(plan: tuple) -> bool:
+    """Whether a transformation's state keeps anything beside its scalars (else it has no child)."""
+    return plan[0] not in ("scalar", "scalars")
+
+
 def _decode(children: Sequence[Any], layout: Layout, scalars: Sequence[Any]) -> tuple[Any, ...]:
-    values = iter(scalars)
-    return tuple(from_view(_rebuild_link(children[i], plan, values)) for i, plan in enumerate(layout.plans))
+    values, skeletons = iter(scalars), iter(children)
+    return tuple(
+        from_view(_rebuild_link(next(skeletons) if _has_skeleton(plan) else None, plan, values))
+        for plan in layout.plans
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,6 +449,7 @@ def _child_keys(layout: Layout) -> tuple[Any, ...]:
     # Attribute keys, all strings (frameworks sort a node's keys, so they must compare): "0", "1", ...
     # or the names of a named chain, then "scalars" for the block (renamed if a link took the name).
     names = [str(i) for i in range(len(layout))] if layout.keys is None else list(layout.keys)
+    names = [name for name, plan in zip(names, layout.plans, strict=True) if _has_skeleton(plan)]
     if layout.size:
         block = _BLOCK_KEY
         while block in names:
