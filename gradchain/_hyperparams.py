@@ -21,6 +21,7 @@ from gradchain import tree as tree_util
 from gradchain._checks import Check
 from gradchain._compact import restore_from_view, to_view
 from gradchain._numerics import float_dtype
+from gradchain._scalar_block import plain
 
 
 @jax.tree_util.register_pytree_with_keys_class
@@ -266,16 +267,10 @@ def hyperparams(state: Any) -> dict[str, jax.Array]:
         assert jnp.isclose(hp["learning_rate"], 1e-3)  # the value used at step 0
         ```
     """
-    nodes = _nodes(state)
-    return {e.key: _plain(nodes[e.node][1][e.name]) for e in _entries(state)}
-
-
-def _plain(value: Any) -> Any:
-    """The array inside a framework's wrapper: flax NNX keeps each state leaf in a `Variable`."""
-    if isinstance(value, jax.Array) or not hasattr(value, "value"):
-        return value
-    leaves = jax.tree.leaves(value)
-    return leaves[0] if len(leaves) == 1 else value
+    view = to_view(state)  # once: a compact state's scalars are read out of its block here
+    nodes = _nodes(view)
+    # `plain`: the array inside a framework's wrapper (flax NNX keeps each state leaf in a `Variable`).
+    return {e.key: plain(nodes[e.node][1][e.name]) for e in _entries(view)}
 
 
 def _like(value: Any, old: jax.Array) -> jax.Array:
@@ -324,7 +319,8 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
         ```
     """
     requested = {**(values or {}), **kwargs}
-    entries = _entries(state)
+    view = to_view(state)  # once; `_entries` and `_nodes` walk it as they would the state
+    entries = _entries(view)
     targets: dict[int, dict[str, Any]] = {}
     for key, value in requested.items():
         # Keys exactly as `hyperparams` shows them, path- or transformation-qualified, win over
@@ -341,7 +337,7 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
         entry = matches[0]
         targets.setdefault(entry.node, {})[entry.name] = (entry.key, value)
 
-    counter = iter(range(len(_nodes(state))))
+    counter = iter(range(len(_nodes(view))))
 
     def replace(node: Any) -> Any:
         if not isinstance(node, Hyperparams):
@@ -362,5 +358,4 @@ def set_hyperparams(state: Any, values: Mapping[str, Any] | None = None, /, **kw
             new[name] = jax.tree.map(lambda leaf, value=value: _like(value, leaf), node[name])
         return node.replace(**new)
 
-    view = to_view(state)
     return restore_from_view(state, jax.tree_util.tree_map(replace, view, is_leaf=_is_hyperparams))

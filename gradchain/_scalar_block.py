@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Layout", "is_concrete", "make_layout", "pack_block", "put_like", "scalar_dtype", "unpack_block"]
+__all__ = ["Layout", "is_concrete", "make_layout", "pack_block", "plain", "put_like", "scalar_dtype", "unpack_block"]
 
 
 def is_concrete(x: Any) -> bool:
