@@ -75,6 +75,12 @@ PyTree = Any
 Schedule = Callable[[int], float]
 
 __all__ = [
+    "FACTOR_MIN_DIM",
+    "SEVEN_LEAF_SCALES",
+    "SEVEN_LEAF_SHAPES",
+    "SEVEN_LEAF_STEPS",
+    "SEVEN_LEAF_STEP_SCALES",
+    "seven_leaf_grads",
     "BUFFER_FIELDS",
     "INT32_MAX",
     "N_STEPS",
@@ -935,3 +941,46 @@ def state_bytes_per_param(tx: Any, params: dict) -> float:
     # Scalars (counts, hyperparameters; a chain keeps them in its scalar block) are a fixed cost.
     block = getattr(state, "scalar_block", None)
     return sum(x.nbytes for x in jax.tree.leaves(state) if x.ndim > 0 and x is not block) / n
+
+
+# ----------------------------------------------------------------------------------------------
+# The seven-leaf tree of the sign and factored tests (tests/transforms/test_sign.py, test_factored.py)
+# ----------------------------------------------------------------------------------------------
+
+SEVEN_LEAF_STEPS = 120
+FACTOR_MIN_DIM = 4
+# A scalar, a vector; "mat" and "tall" are factored (row axis 0 / column axis 1, and the reverse);
+# "thin" is not (its second largest dimension is below FACTOR_MIN_DIM); "batch" is a batch of factored
+# matrices; "cube" factors its axes 2 (rows) and 0 (columns), which are not adjacent.
+SEVEN_LEAF_SHAPES: dict[str, tuple[int, ...]] = {
+    "scalar": (),
+    "vec": (7,),
+    "mat": (5, 8),
+    "tall": (9, 4),
+    "thin": (3, 6),
+    "batch": (2, 5, 6),
+    "cube": (6, 2, 5),
+}
+SEVEN_LEAF_SCALES: dict[str, float] = {
+    "scalar": 1.0,
+    "vec": 1e-3,
+    "mat": 10.0,
+    "tall": 0.1,
+    "thin": 1.0,
+    "batch": 3.0,
+    "cube": 0.5,
+}
+# Step 0 and step 60 are all-zero gradients: with epsilon = 0 the statistics are then exactly 0.
+SEVEN_LEAF_STEP_SCALES = [0.0 if k in (0, 60) else 1.0 for k in range(SEVEN_LEAF_STEPS)]
+
+
+def seven_leaf_grads(dtype: Any = np.float32, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """The gradient sequence of the seven-leaf tree: SEVEN_LEAF_STEPS trees, leaf magnitudes SEVEN_LEAF_SCALES."""
+    return grad_sequence(
+        SEVEN_LEAF_SHAPES,
+        SEVEN_LEAF_STEPS,
+        seed,
+        dtype,
+        step_scales=SEVEN_LEAF_STEP_SCALES,
+        leaf_scales=SEVEN_LEAF_SCALES,
+    )

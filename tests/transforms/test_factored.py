@@ -34,9 +34,12 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from reference import (
+    FACTOR_MIN_DIM,
     RTOL,
     RTOL32,
     RTOL64,
+    SEVEN_LEAF_SHAPES,
+    SEVEN_LEAF_STEPS,
     RefRun,
     Trajectory,
     assert_hyperparams,
@@ -53,6 +56,7 @@ from reference import (
     ref_updates,
     run_transform,
     scan_trajectories,
+    seven_leaf_grads,
     side_by_side,
     stack_trees,
     stored,
@@ -62,31 +66,7 @@ from references.factored import ref_adafactor_params, ref_factored_rms, ref_para
 import gradchain as gc
 from gradchain import adafactor, scale_by_factored_rms, scale_by_param_block_rms
 
-N_STEPS = 120
-MIN_DIM = 4
-# A scalar, a vector; "mat" and "tall" are factored (row axis 0 / column axis 1, and the reverse);
-# "thin" is not (its second largest dimension is below MIN_DIM); "batch" is a batch of factored
-# matrices; "cube" factors its axes 2 (rows) and 0 (columns), which are not adjacent.
-SHAPES: dict[str, tuple[int, ...]] = {
-    "scalar": (),
-    "vec": (7,),
-    "mat": (5, 8),
-    "tall": (9, 4),
-    "thin": (3, 6),
-    "batch": (2, 5, 6),
-    "cube": (6, 2, 5),
-}
-SCALES: dict[str, float] = {
-    "scalar": 1.0,
-    "vec": 1e-3,
-    "mat": 10.0,
-    "tall": 0.1,
-    "thin": 1.0,
-    "batch": 3.0,
-    "cube": 0.5,
-}
-# Step 0 and step 60 are all-zero gradients: with epsilon = 0 the statistics are then exactly 0.
-STEP_SCALES = [0.0 if k in (0, 60) else 1.0 for k in range(N_STEPS)]
+N_STEPS, MIN_DIM, SHAPES = SEVEN_LEAF_STEPS, FACTOR_MIN_DIM, SEVEN_LEAF_SHAPES  # tests/reference.py
 # Updates against the float64 reference, relative to the leaf's largest update: reference.py's RTOL
 # in float32 (the factored statistics pass through a mean, a product and two square roots; measured
 # worst 3.4e-7, optax 2.5e-7), RTOL64 in float64 (measured 5e-16). Lion's signs match exactly.
@@ -94,8 +74,7 @@ RTOL_F32 = RTOL
 RTOL_F64 = RTOL64
 
 
-def make_grads(dtype: Any = np.float32, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    return grad_sequence(SHAPES, N_STEPS, seed, dtype, step_scales=STEP_SCALES, leaf_scales=SCALES)
+make_grads = seven_leaf_grads
 
 
 GRADS = make_grads()
